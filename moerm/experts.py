@@ -1,0 +1,218 @@
+"""K capability experts on one shared backbone, evaluated together.
+
+Every expert is the same backbone with its own LoRA adapter (peft) and its own
+scalar head. Adapters sit on a subset of layers (``LoraSpec.layers``); the
+layers below the lowest adapted layer compute the same thing for every expert,
+so :meth:`CapabilityExperts.forward` runs them once per batch (the *trunk*)
+and then runs only the adapted top layers once per expert. With adapters on
+every layer this degenerates to K full passes. Measured trade-offs live in
+``bench/bench_experts.py``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+
+class _TrunkDone(Exception):
+    """Raised by a forward hook to stop the backbone after the trunk."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+
+class _Replay(nn.Module):
+    """Stands in for the trunk: returns its stored output, ignoring its input."""
+
+    def __init__(self, hidden: torch.Tensor):
+        super().__init__()
+        self.hidden = hidden
+
+    def forward(self, *args, **kwargs) -> torch.Tensor:
+        return self.hidden
+
+
+def find_layer_list(model: nn.Module, num_layers: int) -> tuple[nn.Module, str]:
+    """(parent, attribute) of the ModuleList holding the transformer layers."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers:
+            parent_name, _, attr = name.rpartition(".")
+            return model.get_submodule(parent_name), attr
+    raise ValueError(f"no ModuleList of {num_layers} layers in {type(model).__name__}")
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.Tensor:
+    """Pool token states into one vector per sequence.
+
+    Shape: hidden (B, T, d), attention_mask (B, T) -> (B, d). ``last`` takes
+    the last non-padding token (right padding); ``mean`` averages real tokens.
+    """
+    if how == "last":
+        last = attention_mask.sum(dim=1) - 1
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if how == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
+    raise ValueError(f"unknown pooling {how!r}")
+
+
+class CapabilityExperts(nn.Module):
+    """All K capability experts of one task.
+
+    Args:
+        peft_model: a ``peft.PeftModel`` over the bare backbone holding one
+            adapter per capability, named after the capability.
+        heads: ``capability -> nn.Linear(d, 1)``, registered as submodules so
+            they are trained and saved with the experts.
+        capabilities: the K names, in output order.
+        lora_layers: indices of the layers that carry adapters.
+        num_layers: layers in the backbone.
+        pooling: ``last`` or ``mean`` (see :func:`pool`).
+    """
+
+    def __init__(
+        self,
+        peft_model: nn.Module,
+        heads: nn.ModuleDict,
+        capabilities: Sequence[str],
+        lora_layers: Sequence[int],
+        num_layers: int,
+        pooling: str,
+    ):
+        super().__init__()
+        missing = [c for c in capabilities if c not in heads]
+        if missing:
+            raise ValueError(f"no head for capabilities {missing}")
+        self.peft_model = peft_model
+        self.heads = heads
+        self.capabilities = tuple(capabilities)
+        self.first_lora_layer = min(lora_layers)
+        self.pooling = pooling
+        self._parent, self._attr = find_layer_list(self.transformer, num_layers)
+
+    @property
+    def transformer(self) -> nn.Module:
+        """The transformers model with the LoRA layers injected."""
+        return self.peft_model.base_model.model
+
+    @property
+    def _layers(self) -> nn.ModuleList:
+        return getattr(self._parent, self._attr)
+
+    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+
+    def _trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden states after the last layer without adapters. Shape: (B, T, d)."""
+
+        def stop(module, args, output):
+            raise _TrunkDone(output)
+
+        handle = self._layers[self.first_lora_layer - 1].register_forward_hook(stop)
+        try:
+            self._hidden(input_ids, attention_mask)
+        except _TrunkDone as done:
+            return done.hidden
+        finally:
+            handle.remove()
+        raise RuntimeError("the backbone never reached its trunk layer")
+
+    def _top(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+        """Run only the adapted layers (plus the final norm) on the trunk's output."""
+        layers = self._layers
+        top = nn.ModuleList([_Replay(trunk), *layers[self.first_lora_layer :]])
+        setattr(self._parent, self._attr, top)
+        try:
+            return self._hidden(input_ids, attention_mask)
+        finally:
+            setattr(self._parent, self._attr, layers)
+
+    def _score(self, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = torch.stack(pooled, dim=1)  # (B, K, d)
+        scores = torch.stack(
+            [self.heads[cap](hidden[:, k]).squeeze(-1) for k, cap in enumerate(self.capabilities)],
+            dim=1,
+        )
+        return scores, hidden
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Scores and pooled hidden states of all K experts.
+
+        Shape: input_ids, attention_mask (B, T) -> scores (B, K), hidden (B, K, d),
+        float32.
+        """
+        if self.first_lora_layer == 0:
+            return self.forward_sequential(input_ids, attention_mask)
+        trunk = self._trunk(input_ids, attention_mask)
+        pooled = []
+        for cap in self.capabilities:
+            self.peft_model.set_adapter(cap)
+            hidden = self._top(input_ids, attention_mask, trunk)
+            pooled.append(pool(hidden, attention_mask, self.pooling))
+        return self._score(pooled)
+
+    def forward_sequential(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Reference: K full backbone passes, one ``set_adapter`` each."""
+        pooled = []
+        for cap in self.capabilities:
+            self.peft_model.set_adapter(cap)
+            pooled.append(pool(self._hidden(input_ids, attention_mask), attention_mask, self.pooling))
+        return self._score(pooled)
+
+
+def load_heads(path, capabilities: Sequence[str], hidden_size: int) -> nn.ModuleDict:
+    """Scalar heads from ``heads.safetensors`` (``<cap>.weight``, ``<cap>.bias``)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from moerm.errors import BundleError
+
+    try:
+        tensors = load_file(str(path))
+    except (OSError, SafetensorError) as error:
+        raise BundleError(f"{path}: unreadable safetensors file ({error})") from None
+    heads = nn.ModuleDict()
+    for cap in capabilities:
+        head = nn.Linear(hidden_size, 1)
+        try:
+            head.load_state_dict({"weight": tensors[f"{cap}.weight"], "bias": tensors[f"{cap}.bias"]})
+        except (KeyError, RuntimeError) as error:
+            raise BundleError(f"{path}: head for capability {cap!r} missing or misshapen ({error})") from None
+        heads[cap] = head
+    return heads
+
+
+def load_task_experts(bundle, task: str):
+    """(CapabilityExperts, tokenizer) for one task of a :class:`moerm.bundle.Bundle`.
+
+    Loads the backbone once and attaches the task's K adapters to it.
+    """
+    from peft import PeftModel
+
+    from moerm.backbones import load_backbone
+    from moerm.errors import BundleError
+
+    manifest = bundle.manifest
+    spec = manifest.task(task)
+    backbone, tokenizer = load_backbone(manifest.backbone.ref)
+    caps = spec.capability_names
+    model = None
+    for cap in caps:
+        folder = bundle.path(spec.expert_dir(cap))
+        try:
+            if model is None:
+                model = PeftModel.from_pretrained(backbone, str(folder), adapter_name=cap)
+            else:
+                model.load_adapter(str(folder), adapter_name=cap)
+        except Exception as error:  # peft raises several types for bad files
+            raise BundleError(f"{folder}: cannot load LoRA adapter ({type(error).__name__}: {error})") from None
+    heads = load_heads(bundle.path(spec.heads_file), caps, manifest.backbone.hidden_size)
+    experts = CapabilityExperts(
+        model, heads, caps, spec.lora.layers, manifest.backbone.num_layers, manifest.backbone.pooling
+    )
+    experts.eval()
+    return experts, tokenizer

@@ -1,0 +1,120 @@
+"""Server start-up shared by the three services: health, reflection, the
+error interceptor, binding, and graceful shutdown that drains in-flight calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
+from grpc_reflection.v1alpha import reflection
+
+from moerm.errors import ErrorMappingInterceptor
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+# Large enough for a batch of hidden states between internal services.
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+]
+
+
+@dataclass
+class Server:
+    """A bound, not yet started gRPC server and its health servicer."""
+
+    server: grpc.aio.Server
+    port: int
+    health: HealthServicer
+    service_names: tuple[str, ...]
+
+    async def set_serving(self, serving: bool) -> None:
+        status = SERVING if serving else NOT_SERVING
+        for name in ("", *self.service_names):
+            await self.health.set(name, status)
+
+
+def create_server(
+    register: Callable[[grpc.aio.Server], None],
+    service_names: Iterable[str],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    serving: bool = True,
+) -> Server:
+    """Build a grpc.aio server with health, reflection and error mapping.
+
+    ``register`` adds the service's servicers; ``service_names`` are their full
+    names (e.g. ``moerm.v1.RewardService``). ``port=0`` binds a free port; the
+    bound port is returned. With ``serving=False`` health starts NOT_SERVING
+    (an expert until its model is loaded).
+    """
+    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
+    register(server)
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    names = tuple(service_names)
+    reflection.enable_server_reflection(
+        (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
+        server,
+    )
+    bound = server.add_insecure_port(f"{host}:{port}")
+    if bound == 0:
+        raise OSError(f"could not bind {host}:{port}")
+    handle = Server(server=server, port=bound, health=health, service_names=names)
+    status = SERVING if serving else NOT_SERVING
+    for name in ("", *names):
+        # HealthServicer.set is a coroutine; seed the table directly before start.
+        health._server_status[name] = status
+    return handle
+
+
+async def run_until_signalled(
+    handle: Server,
+    *,
+    grace_s: float,
+    port_file: str | None = None,
+    on_stop: Callable[[], object] | None = None,
+) -> None:
+    """Start, serve until SIGINT/SIGTERM, then drain in-flight calls and stop.
+
+    On a signal health turns NOT_SERVING first (so load balancers stop sending
+    new calls), then ``server.stop(grace_s)`` lets running calls finish.
+    """
+    await handle.server.start()
+    if port_file:
+        tmp = Path(port_file).with_suffix(".tmp")
+        tmp.write_text(str(handle.port))
+        tmp.replace(port_file)
+    log.info("listening on port %d", handle.port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: draining in-flight calls for up to %.1fs", grace_s)
+    await handle.set_serving(False)
+    await handle.server.stop(grace_s)
+    if on_stop is not None:
+        result = on_stop()
+        if asyncio.iscoroutine(result):
+            await result
+
+
+def setup_logging(level: str = "INFO") -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )

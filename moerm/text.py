@@ -1,0 +1,38 @@
+"""Conversations as the services see them: normalization (for cache keys) and
+rendering into the text a backbone reads."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class Turn:
+    role: str
+    content: str
+
+
+def normalize(text: str) -> str:
+    """Unicode NFC, Unix newlines, no surrounding whitespace."""
+    text = unicodedata.normalize("NFC", text)
+    return text.replace("\r\n", "\n").replace("\r", "\n").strip()
+
+
+def render_plain(turns: Sequence[Turn], response: str) -> str:
+    lines = [f"{turn.role}: {turn.content}" for turn in turns]
+    lines.append(f"assistant: {response}")
+    return "\n".join(lines)
+
+
+def render(tokenizer, turns: Sequence[Turn], response: str) -> str:
+    """The conversation plus the candidate response, in the backbone's chat
+    format when its tokenizer has one (decoders), else ``role: content`` lines."""
+    if getattr(tokenizer, "chat_template", None):
+        chat = [{"role": t.role, "content": t.content} for t in turns]
+        chat.append({"role": "assistant", "content": response})
+        return tokenizer.apply_chat_template(chat, tokenize=False)
+    return render_plain(turns, response)

@@ -1,0 +1,60 @@
+from moerm.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ExpertItem(_message.Message):
+    __slots__ = ("messages", "response")
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Message]
+    response: str
+    def __init__(self, messages: _Optional[_Iterable[_Union[_tensor_pb2.Message, _Mapping]]] = ..., response: _Optional[str] = ...) -> None: ...
+
+class ExpertRequest(_message.Message):
+    __slots__ = ("task", "items", "return_hidden")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    items: _containers.RepeatedCompositeFieldContainer[ExpertItem]
+    return_hidden: bool
+    def __init__(self, task: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ExpertItem, _Mapping]]] = ..., return_hidden: _Optional[bool] = ...) -> None: ...
+
+class ExpertResponse(_message.Message):
+    __slots__ = ("task", "capabilities", "scores", "hidden", "bundle_version")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    scores: _tensor_pb2.Tensor
+    hidden: _tensor_pb2.Tensor
+    bundle_version: str
+    def __init__(self, task: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., hidden: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ExpertDescription(_message.Message):
+    __slots__ = ("task", "capabilities", "hidden_size", "backbone", "bundle_version", "lora_layers")
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
+    BACKBONE_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    LORA_LAYERS_FIELD_NUMBER: _ClassVar[int]
+    task: str
+    capabilities: _containers.RepeatedScalarFieldContainer[str]
+    hidden_size: int
+    backbone: str
+    bundle_version: str
+    lora_layers: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, task: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., hidden_size: _Optional[int] = ..., backbone: _Optional[str] = ..., bundle_version: _Optional[str] = ..., lora_layers: _Optional[_Iterable[int]] = ...) -> None: ...

@@ -1,0 +1,67 @@
+from moerm.v1 import tensor_pb2 as _tensor_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class ScoreItem(_message.Message):
+    __slots__ = ("id", "prompt", "messages", "response")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PROMPT_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    RESPONSE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    prompt: str
+    messages: _containers.RepeatedCompositeFieldContainer[_tensor_pb2.Message]
+    response: str
+    def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_tensor_pb2.Message, _Mapping]]] = ..., response: _Optional[str] = ...) -> None: ...
+
+class ScoreRequest(_message.Message):
+    __slots__ = ("items", "return_breakdown", "policy", "reward_model")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    RETURN_BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
+    return_breakdown: bool
+    policy: str
+    reward_model: str
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., return_breakdown: _Optional[bool] = ..., policy: _Optional[str] = ..., reward_model: _Optional[str] = ...) -> None: ...
+
+class ScoreResult(_message.Message):
+    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached")
+    class CapabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    ROUTE_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
+    CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
+    REWARD_MODELS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CACHED_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reward: float
+    task: str
+    route_confidence: float
+    capabilities: _containers.ScalarMap[str, float]
+    reward_models: _containers.RepeatedScalarFieldContainer[str]
+    bundle_version: str
+    cached: bool
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+
+class ScoreResponse(_message.Message):
+    __slots__ = ("results", "bundle_version")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[ScoreResult]
+    bundle_version: str
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
