@@ -68,6 +68,12 @@ class DeadlineExceeded(MoermError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
+class Internal(MoermError):
+    """A server-side failure that is not the caller's fault."""
+
+    code = grpc.StatusCode.INTERNAL
+
+
 class BundleError(MoermError):
     """A bundle file is missing, corrupt or inconsistent (names the file)."""
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -86,12 +86,15 @@ async def run_until_signalled(
     *,
     grace_s: float,
     port_file: str | None = None,
+    warm_up: Callable[[], Awaitable[None]] | None = None,
     on_stop: Callable[[], object] | None = None,
 ) -> None:
     """Start, serve until SIGINT/SIGTERM, then drain in-flight calls and stop.
 
-    On a signal health turns NOT_SERVING first (so load balancers stop sending
-    new calls), then ``server.stop(grace_s)`` lets running calls finish.
+    ``warm_up`` (e.g. loading a model) runs after the port is bound; health
+    turns SERVING once it returns. On a signal health turns NOT_SERVING first
+    (so load balancers stop sending new calls), then ``server.stop(grace_s)``
+    lets running calls finish.
     """
     await handle.server.start()
     if port_file:
@@ -99,6 +102,10 @@ async def run_until_signalled(
         tmp.write_text(str(handle.port))
         tmp.replace(port_file)
     log.info("listening on port %d", handle.port)
+    if warm_up is not None:
+        await warm_up()
+        await handle.set_serving(True)
+        log.info("serving")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -22,10 +22,13 @@ def normalize(text: str) -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n").strip()
 
 
+def render_conversation(turns: Sequence[Turn]) -> str:
+    """``role: content`` lines: what the router classifies."""
+    return "\n".join(f"{turn.role}: {turn.content}" for turn in turns)
+
+
 def render_plain(turns: Sequence[Turn], response: str) -> str:
-    lines = [f"{turn.role}: {turn.content}" for turn in turns]
-    lines.append(f"assistant: {response}")
-    return "\n".join(lines)
+    return render_conversation([*turns, Turn("assistant", response)])
 
 
 def render(tokenizer, turns: Sequence[Turn], response: str) -> str:

@@ -1,0 +1,1 @@
+"""aggregator_svc: per-task MLPs turning capability-expert outputs into rewards."""

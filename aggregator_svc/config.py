@@ -1,0 +1,23 @@
+"""aggregator_svc configuration (flags, or MOERM_* environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moerm.config import option
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    """Serve the bundle's aggregator MLPs and reward normalization."""
+
+    bundle: str = option("", "bundle directory")
+    host: str = option("127.0.0.1", "address to bind")
+    port: int = option(0, "port to bind (0: any free port)")
+    port_file: str = option("", "write the bound port to this file once listening")
+    grace_s: float = option(5.0, "seconds to drain in-flight calls on shutdown")
+    log_level: str = option("INFO", "logging level")
+
+    def validate(self) -> None:
+        if not self.bundle:
+            raise SystemExit("aggregator_svc: --bundle (or MOERM_BUNDLE) is required")

@@ -1,0 +1,59 @@
+"""Assemble an expert server from its config (shared by __main__ and tests)."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from expert_svc.batcher import DynamicBatcher
+from expert_svc.config import ExpertConfig
+from expert_svc.scorer import ExpertScorer
+from expert_svc.servicer import ExpertServicer
+from moerm.bundle import Bundle
+from moerm.server import Server, create_server
+from moerm.v1 import expert_pb2, expert_pb2_grpc
+
+SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
+
+
+@dataclass
+class ExpertApp:
+    server: Server
+    scorer: ExpertScorer
+    batcher: DynamicBatcher
+
+    async def load(self) -> None:
+        """Load the model off the event loop, then start batching."""
+        await asyncio.to_thread(self.scorer.load)
+        self.batcher.start()
+
+    async def start(self) -> None:
+        """Start serving and load the model; health turns SERVING after."""
+        await self.server.server.start()
+        await self.load()
+        await self.server.set_serving(True)
+
+    async def stop(self, grace_s: float = 1.0) -> None:
+        await self.server.set_serving(False)
+        await self.server.server.stop(grace_s)
+        await self.batcher.stop()
+
+
+def build_expert(config: ExpertConfig) -> ExpertApp:
+    bundle = Bundle.load(config.bundle)
+    scorer = ExpertScorer(bundle, config.task, max_length=config.max_length, torch_threads=config.torch_threads)
+    batcher = DynamicBatcher(
+        scorer.score,
+        max_batch_size=config.max_batch_size,
+        max_delay_s=config.max_queue_delay_ms / 1000.0,
+        max_queue_items=config.max_queue_items,
+    )
+    servicer = ExpertServicer(scorer, batcher)
+    server = create_server(
+        lambda s: expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, s),
+        [SERVICE_NAME],
+        host=config.host,
+        port=config.port,
+        serving=False,
+    )
+    return ExpertApp(server=server, scorer=scorer, batcher=batcher)

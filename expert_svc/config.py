@@ -1,0 +1,33 @@
+"""expert_svc configuration (flags, or MOERM_* environment variables)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moerm.config import option
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """Serve one task's capability experts from a bundle."""
+
+    bundle: str = option("", "bundle directory")
+    task: str = option("", "the task whose experts this process serves")
+    host: str = option("127.0.0.1", "address to bind")
+    port: int = option(0, "port to bind (0: any free port)")
+    port_file: str = option("", "write the bound port to this file once listening")
+    max_batch_size: int = option(32, "largest batch the scorer runs at once")
+    max_queue_delay_ms: float = option(5.0, "how long the batcher waits to fill a batch")
+    max_queue_items: int = option(4096, "queued items beyond which calls get RESOURCE_EXHAUSTED")
+    max_length: int = option(0, "token limit per item (0: the bundle's backbone limit)")
+    torch_threads: int = option(0, "torch intra-op threads (0: torch's default)")
+    grace_s: float = option(10.0, "seconds to drain in-flight calls on shutdown")
+    log_level: str = option("INFO", "logging level")
+
+    def validate(self) -> None:
+        if not self.bundle:
+            raise SystemExit("expert_svc: --bundle (or MOERM_BUNDLE) is required")
+        if not self.task:
+            raise SystemExit("expert_svc: --task (or MOERM_TASK) is required")
+        if self.max_batch_size < 1 or self.max_queue_items < 1 or self.max_queue_delay_ms < 0:
+            raise SystemExit("expert_svc: batch size and queue limits must be positive")

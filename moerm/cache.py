@@ -1,0 +1,121 @@
+"""The score cache: Redis (redis-py asyncio), one MGET per request and one
+pipelined write of the new scores.
+
+A cache that is down or slow never fails a request: the call is bypassed,
+counted in :class:`CacheStats`, and the cache is skipped for ``backoff_s``
+so that a dead server does not add a timeout to every request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from moerm.text import Turn
+
+log = logging.getLogger(__name__)
+
+KEY_PREFIX = "moerm:v1:score:"
+
+
+def cache_key(bundle_version: str, policy: str, reward_model: str, turns: Sequence[Turn], response: str) -> str:
+    """Key of one scored item. Inputs must already be normalized
+    (:func:`moerm.text.normalize`)."""
+    body = json.dumps(
+        [bundle_version, policy, reward_model, [[t.role, t.content] for t in turns], response],
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+    return KEY_PREFIX + hashlib.sha256(body.encode()).hexdigest()
+
+
+@dataclass
+class CacheStats:
+    hits: int = 0
+    misses: int = 0
+    writes: int = 0
+    errors: int = 0  # failed cache calls (each bypassed)
+    bypassed: int = 0  # calls skipped while backing off after an error
+
+
+class ScoreCache:
+    """Async score cache. ``url=None`` disables it (every lookup misses)."""
+
+    def __init__(self, url: str | None, *, ttl_s: int = 3600, timeout_s: float = 0.25, backoff_s: float = 2.0):
+        self.url = url
+        self.ttl_s = ttl_s
+        self.backoff_s = backoff_s
+        self.stats = CacheStats()
+        self._down_until = 0.0
+        self._client = None
+        if url:
+            import redis.asyncio as redis
+
+            self._client = redis.Redis.from_url(
+                url,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                retry_on_timeout=False,
+                health_check_interval=30,
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self._client is not None
+
+    def _available(self) -> bool:
+        if self._client is None:
+            return False
+        if time.monotonic() < self._down_until:
+            self.stats.bypassed += 1
+            return False
+        return True
+
+    def _failed(self, what: str, error: Exception) -> None:
+        self.stats.errors += 1
+        self._down_until = time.monotonic() + self.backoff_s
+        log.warning("score cache %s failed, bypassing for %.1fs: %s", what, self.backoff_s, error)
+
+    async def get_many(self, keys: Sequence[str]) -> list[dict | None]:
+        """Cached values for ``keys`` (None for a miss), in one round trip."""
+        if not keys or not self._available():
+            return [None] * len(keys)
+        try:
+            raw = await self._client.mget(list(keys))
+        except Exception as error:  # any failure of the cache is bypassed
+            self._failed("read", error)
+            return [None] * len(keys)
+        values = []
+        for blob in raw:
+            value = None
+            if blob is not None:
+                try:
+                    value = json.loads(blob)
+                except (ValueError, UnicodeDecodeError):
+                    value = None  # a foreign or damaged entry is a miss
+            values.append(value)
+        hits = sum(v is not None for v in values)
+        self.stats.hits += hits
+        self.stats.misses += len(values) - hits
+        return values
+
+    async def set_many(self, entries: dict[str, dict]) -> None:
+        """Write ``key -> value`` with the TTL, pipelined in one round trip."""
+        if not entries or not self._available():
+            return
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key, value in entries.items():
+                    pipe.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
+                await pipe.execute()
+            self.stats.writes += len(entries)
+        except Exception as error:
+            self._failed("write", error)
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()

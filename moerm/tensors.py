@@ -1,0 +1,25 @@
+"""numpy arrays <-> ``moerm.v1.Tensor`` (float32, row-major, little-endian)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from moerm.errors import InvalidArgument
+from moerm.v1 import tensor_pb2
+
+_F32 = np.dtype("<f4")
+
+
+def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
+    array = np.ascontiguousarray(array, dtype=_F32)
+    return tensor_pb2.Tensor(shape=list(array.shape), data=array.tobytes())
+
+
+def from_proto(tensor: tensor_pb2.Tensor, field: str = "tensor") -> np.ndarray:
+    shape = tuple(int(n) for n in tensor.shape)
+    if any(n < 0 for n in shape):
+        raise InvalidArgument.field(field, f"negative dimension in shape {shape}")
+    expected = int(np.prod(shape, dtype=np.int64)) * 4
+    if len(tensor.data) != expected:
+        raise InvalidArgument.field(field, f"{len(tensor.data)} bytes do not fit shape {shape} of float32")
+    return np.frombuffer(tensor.data, dtype=_F32).reshape(shape)

@@ -1,0 +1,1 @@
+"""router_svc: the public RewardService endpoint (validation, cache, routing, fan-out)."""

@@ -1,0 +1,86 @@
+"""Validate a ScoreRequest into domain items; every problem names its field."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from moerm.errors import FieldViolation, InvalidArgument
+from moerm.text import ROLES, Turn, normalize
+from moerm.v1 import reward_pb2
+
+
+@dataclass(frozen=True)
+class Item:
+    id: str
+    turns: tuple[Turn, ...]  # normalized
+    response: str  # normalized
+
+
+@dataclass(frozen=True)
+class ScoreCall:
+    items: list[Item]
+    policy: str
+    reward_model: str
+    breakdown: bool
+
+
+def parse_request(
+    request: reward_pb2.ScoreRequest,
+    *,
+    max_items: int,
+    max_text_chars: int,
+    default_policy: str,
+    policies: tuple[str, ...],
+    reward_models: tuple[str, ...],
+) -> ScoreCall:
+    """Check every item and option; raise one InvalidArgument listing all problems."""
+    if not request.items:
+        raise InvalidArgument.field("items", "at least one item is required")
+    if len(request.items) > max_items:
+        raise InvalidArgument.field("items", f"{len(request.items)} items exceed the limit of {max_items} per request")
+    violations: list[FieldViolation] = []
+
+    def check_text(field: str, text: str) -> None:
+        if len(text) > max_text_chars:
+            violations.append(FieldViolation(field, f"{len(text)} characters exceed the limit of {max_text_chars}"))
+
+    policy = request.policy or ("fixed" if request.reward_model else default_policy)
+    if policy not in policies:
+        violations.append(FieldViolation("policy", f"unknown routing policy {policy!r}; known: {', '.join(policies)}"))
+    if request.reward_model and request.reward_model not in reward_models:
+        violations.append(FieldViolation(
+            "reward_model", f"unknown reward model {request.reward_model!r}; known: {', '.join(reward_models)}"
+        ))
+    if policy == "fixed" and not request.reward_model:
+        violations.append(FieldViolation("reward_model", "the fixed policy needs a reward model"))
+    if policy != "fixed" and request.reward_model and policy in policies:
+        violations.append(FieldViolation("reward_model", f"only the fixed policy takes a reward model, not {policy!r}"))
+
+    items = []
+    for i, raw in enumerate(request.items):
+        where = f"items[{i}]"
+        turns: list[Turn] = []
+        if raw.prompt and raw.messages:
+            violations.append(FieldViolation(f"{where}.prompt", "set prompt or messages, not both"))
+        elif raw.prompt:
+            check_text(f"{where}.prompt", raw.prompt)
+            if not normalize(raw.prompt):
+                violations.append(FieldViolation(f"{where}.prompt", "must not be blank"))
+            turns.append(Turn("user", normalize(raw.prompt)))
+        elif raw.messages:
+            for j, message in enumerate(raw.messages):
+                if message.role not in ROLES:
+                    violations.append(FieldViolation(
+                        f"{where}.messages[{j}].role", f"unknown role {message.role!r}; known: {', '.join(ROLES)}"
+                    ))
+                check_text(f"{where}.messages[{j}].content", message.content)
+                turns.append(Turn(message.role, normalize(message.content)))
+        else:
+            violations.append(FieldViolation(f"{where}.prompt", "an item needs a prompt or messages"))
+        if not normalize(raw.response):
+            violations.append(FieldViolation(f"{where}.response", "must not be empty"))
+        check_text(f"{where}.response", raw.response)
+        items.append(Item(id=raw.id, turns=tuple(turns), response=normalize(raw.response)))
+    if violations:
+        raise InvalidArgument(violations)
+    return ScoreCall(items=items, policy=policy, reward_model=request.reward_model, breakdown=request.return_breakdown)
