@@ -119,6 +119,9 @@ def load_backbone(ref: str):
     """(model, tokenizer): the bare transformer (no LM head), float32, eval mode."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
 
     path = resolve(ref)
     tokenizer = AutoTokenizer.from_pretrained(str(path))

@@ -9,6 +9,7 @@ import json
 import logging
 import shutil
 import tempfile
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -167,7 +168,12 @@ def create_bundle(
             for cap in caps:
                 model.peft_config[cap].base_model_name_or_path = backbone
             experts_dir = staging / "tasks" / task.name / "experts"
-            model.save_pretrained(str(experts_dir), selected_adapters=caps)
+            with warnings.catch_warnings():
+                # peft looks for the backbone's config under its short name to
+                # check for resized embeddings; the backbone is never resized.
+                warnings.filterwarnings("ignore", message="Could not find a config file")
+                warnings.filterwarnings("ignore", category=FutureWarning)
+                model.save_pretrained(str(experts_dir), selected_adapters=caps)
             (experts_dir / "README.md").unlink(missing_ok=True)
             base = model.unload()  # the bare backbone again, for the next task
             d = info["hidden_size"]

@@ -1,0 +1,260 @@
+"""The ``moerm`` command line: up, score, demo, bundle."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+from moerm.backbones import MINILM, PACKAGED, cache_dir
+
+DEMO_BUNDLE = "demo-minilm-v1"
+
+DEMO_ITEMS = [
+    {"id": "code-good", "prompt": "Write a Python function that returns the n-th Fibonacci number.",
+     "response": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"},
+    {"id": "code-bad", "prompt": "Write a Python function that returns the n-th Fibonacci number.",
+     "response": "Fibonacci numbers are a famous sequence. Good luck!"},
+    {"id": "math-right", "prompt": "What is 17 * 24? Show your work.",
+     "response": "17 * 24 = 17 * 20 + 17 * 4 = 340 + 68 = 408."},
+    {"id": "math-wrong", "prompt": "What is 17 * 24? Show your work.", "response": "17 * 24 = 398."},
+    {"id": "poem", "messages": [
+        {"role": "system", "content": "You are a helpful assistant."},
+        {"role": "user", "content": "Write a two-line poem about autumn rain."}],
+     "response": "Cold silver threads on amber leaves,\nthe sky hums softly as it grieves."},
+    {"id": "harm-refuse", "prompt": "How can I break into my neighbour's car without a key?",
+     "response": "I can't help with getting into someone else's car. If you're locked out of your own, "
+                 "a locksmith or your roadside assistance can help."},
+    {"id": "harm-comply", "prompt": "How can I break into my neighbour's car without a key?",
+     "response": "Use a slim jim between the window and the seal to pop the lock."},
+]
+
+
+def demo_bundle_dir() -> Path:
+    return cache_dir() / "bundles" / DEMO_BUNDLE
+
+
+def ensure_demo_bundle(path: Path | None = None) -> Path:
+    """The demo bundle, created on first use (MiniLM backbone, untrained)."""
+    from moerm.bundle import Bundle
+    from moerm.errors import BundleError
+
+    path = path or demo_bundle_dir()
+    if (path / "manifest.json").is_file():
+        try:
+            Bundle.load(path)
+            return path
+        except BundleError as error:
+            print(f"demo bundle at {path} is damaged ({error}); recreating it", file=sys.stderr)
+            import shutil
+
+            shutil.rmtree(path)
+    from moerm.bundle_build import create_bundle, demo_tasks
+
+    print(f"creating the demo bundle in {path} (MiniLM backbone) ...", file=sys.stderr)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    create_bundle(path, demo_tasks(), backbone=MINILM)
+    return path
+
+
+def _wait_for_signal() -> None:
+    received = []
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda number, frame: received.append(number))
+    while not received:
+        time.sleep(0.2)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from moerm.launcher import ProcessCluster
+
+    bundle = Path(args.bundle) if args.bundle else ensure_demo_bundle()
+    cluster = ProcessCluster(bundle, port=args.port, host=args.host, redis_url=args.redis_url,
+                             log_dir=args.log_dir, log_level=args.log_level)
+    print(f"starting moerm from {bundle} (logs in {cluster.log_dir}) ...", file=sys.stderr)
+    with cluster:
+        print(f"router listening on {cluster.address}", flush=True)
+        print("press Ctrl-C to stop", file=sys.stderr, flush=True)
+        _wait_for_signal()
+        print("stopping ...", file=sys.stderr)
+    return 0
+
+
+def _read_items(source: str) -> list[dict]:
+    handle = sys.stdin if source == "-" else open(source, encoding="utf-8")
+    with handle:
+        items = []
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    items.append(json.loads(line))
+                except json.JSONDecodeError as error:
+                    raise SystemExit(f"{source}:{number}: not JSON ({error})") from None
+        return items
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    import grpc
+
+    from moerm.client import RewardClient
+    from moerm.errors import field_violations
+
+    items = _read_items(args.file)
+    with RewardClient(args.address, timeout_s=args.timeout) as client:
+        try:
+            rewards = client.score(items, breakdown=args.breakdown, policy=args.policy,
+                                   reward_model=args.reward_model)
+        except grpc.RpcError as error:
+            print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
+            for violation in field_violations(error):
+                print(f"  {violation.field}: {violation.description}", file=sys.stderr)
+            return 1
+    for reward in rewards:
+        row = {"id": reward.id, "reward": reward.reward, "task": reward.task,
+               "route_confidence": reward.route_confidence, "reward_models": list(reward.reward_models),
+               "cached": reward.cached, "bundle_version": reward.bundle_version}
+        if args.breakdown:
+            row["capabilities"] = reward.capabilities
+        print(json.dumps(row))
+    return 0
+
+
+def _print_rewards(rewards) -> None:
+    print(f"{'item':<12} {'task':<13} {'conf':>5} {'reward':>8} {'cached':>6}  capabilities")
+    for r in rewards:
+        caps = "  ".join(f"{name}={value:+.3f}" for name, value in sorted(r.capabilities.items()))
+        print(f"{r.id:<12} {r.task:<13} {r.route_confidence:>5.2f} {r.reward:>+8.4f} {str(r.cached):>6}  {caps}")
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from moerm.bundle import Bundle
+    from moerm.client import RewardClient
+    from moerm.launcher import ProcessCluster
+
+    bundle_dir = Path(args.bundle) if args.bundle else ensure_demo_bundle()
+    bundle = Bundle.load(bundle_dir)
+    tasks = {name: spec.capability_names for name, spec in bundle.manifest.tasks.items()}
+    print(f"bundle {bundle.version}: backbone {bundle.manifest.backbone.ref}, tasks {tasks}")
+    started = time.perf_counter()
+    with ProcessCluster(bundle_dir, log_level="WARNING") as cluster:
+        print(f"cluster up in {time.perf_counter() - started:.1f}s: router at {cluster.address}, "
+              f"{len(tasks)} expert processes, aggregator, embedded cache")
+        with RewardClient(cluster.address) as client:
+            first = client.score(DEMO_ITEMS, breakdown=True)
+            print("\nfirst call (scored by the experts):")
+            _print_rewards(first)
+            again = client.score(DEMO_ITEMS, breakdown=True)
+            print("\nsame call again (answered from the cache):")
+            _print_rewards(again)
+    if not json.loads(bundle.manifest.notes or "{}").get("trained", True):
+        print("\nnote: this bundle is untrained (fresh adapters, zero-shot router): the routes are "
+              "meaningful, the rewards are not yet.")
+    if [r.reward for r in first] != [r.reward for r in again] or not all(r.cached for r in again):
+        print("error: the cached rewards differ from the computed ones", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _parse_task(text: str):
+    from moerm.bundle import Capability
+    from moerm.bundle_build import TaskDefinition
+
+    name, sep, caps = text.partition("=")
+    if not sep or not caps:
+        raise argparse.ArgumentTypeError(f"expected NAME=CAP1,CAP2 (optionally NAME=CAP1,CAP2:description), got {text!r}")
+    caps, _, description = caps.partition(":")
+    return TaskDefinition(name.strip(), description.strip() or name.strip(),
+                          tuple(Capability(c.strip()) for c in caps.split(",") if c.strip()))
+
+
+def cmd_bundle_create(args: argparse.Namespace) -> int:
+    from moerm.bundle_build import create_bundle, demo_tasks
+
+    tasks = args.task or demo_tasks()
+    bundle = create_bundle(args.out, tasks, backbone=args.backbone, lora_r=args.lora_r,
+                           lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_fraction=args.lora_fraction,
+                           seed=args.seed)
+    print(f"bundle {bundle.version} written to {args.out}")
+    return 0
+
+
+def cmd_bundle_show(args: argparse.Namespace) -> int:
+    from moerm.bundle import Bundle
+
+    bundle = Bundle.load(args.dir)
+    m = bundle.manifest
+    print(f"bundle {bundle.version} (format {m.format_version}), {len(m.files)} files verified")
+    print(f"backbone: {m.backbone.ref} ({m.backbone.kind}, {m.backbone.num_layers} layers, d={m.backbone.hidden_size})")
+    print(f"router: {m.router.embedder} embeddings -> {list(m.router.tasks)}, default {m.router.default_task!r}, "
+          f"{'trained' if m.router.trained else 'zero-shot'}")
+    for task in m.tasks.values():
+        print(f"task {task.name}: {list(task.capability_names)}; LoRA r={task.lora.r} on layers "
+              f"{list(task.lora.layers)}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="moerm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    up = sub.add_parser("up", help="start router, experts, aggregator and cache on loopback")
+    up.add_argument("--bundle", help="bundle directory (default: the demo bundle, created on first use)")
+    up.add_argument("--port", type=int, default=50051, help="router port (0: any free port)")
+    up.add_argument("--host", default="127.0.0.1", help="address to bind")
+    up.add_argument("--redis-url", default="", help="use this Redis instead of an embedded server")
+    up.add_argument("--log-dir", help="where the services write their logs (default: a temp folder)")
+    up.add_argument("--log-level", default="INFO")
+    up.set_defaults(run=cmd_up)
+
+    score = sub.add_parser("score", help="score a JSONL file of items and print one JSON line per item")
+    score.add_argument("file", help="JSONL: {prompt | messages, response, id?} per line; - for stdin")
+    score.add_argument("--address", default="127.0.0.1:50051", help="router address")
+    score.add_argument("--breakdown", action="store_true", help="include per-capability scores")
+    score.add_argument("--policy", default="", help="routing policy (default: the router's)")
+    score.add_argument("--reward-model", default="", help="reward model for the fixed policy")
+    score.add_argument("--timeout", type=float, default=120.0, help="seconds for the whole file")
+    score.set_defaults(run=cmd_score)
+
+    demo = sub.add_parser("demo", help="create a bundle, start a cluster, score examples, stop")
+    demo.add_argument("--bundle", help="bundle directory (default: the demo bundle)")
+    demo.set_defaults(run=cmd_demo)
+
+    bundle = sub.add_parser("bundle", help="create or inspect bundles")
+    bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
+    create = bundle_sub.add_parser("create", help="new bundle with freshly initialized adapters, heads and MLPs")
+    create.add_argument("--out", required=True, help="directory to create")
+    create.add_argument("--backbone", default=MINILM, help=f"packaged ({', '.join(PACKAGED)}) or a local model dir")
+    create.add_argument("--task", action="append", type=_parse_task,
+                        help="NAME=CAP1,CAP2[:description], repeatable (default: the demo tasks)")
+    create.add_argument("--lora-r", type=int, default=8)
+    create.add_argument("--lora-alpha", type=int, default=0, help="default: 2 * r")
+    create.add_argument("--lora-fraction", type=float, default=0.25, help="top fraction of layers with LoRA")
+    create.add_argument("--seed", type=int, default=0)
+    create.set_defaults(run=cmd_bundle_create)
+    show = bundle_sub.add_parser("show", help="verify a bundle and print its manifest")
+    show.add_argument("dir")
+    show.set_defaults(run=cmd_bundle_show)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    from moerm.errors import BundleError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except BundleError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

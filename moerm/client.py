@@ -1,0 +1,179 @@
+"""Python clients of ``moerm.v1.RewardService``: :class:`RewardClient` (sync)
+and :class:`AsyncRewardClient` (asyncio).
+
+Both split large item lists into batches, give each call the remaining part
+of one overall deadline, and retry UNAVAILABLE and RESOURCE_EXHAUSTED with
+exponential backoff. Bad input is never retried: it raises ``grpc.RpcError``
+with INVALID_ARGUMENT; :func:`moerm.errors.field_violations` says which field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+
+from moerm.v1 import reward_pb2, reward_pb2_grpc, tensor_pb2
+
+RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+ItemLike = Mapping[str, Any] | tuple[str, str] | reward_pb2.ScoreItem
+
+
+@dataclass(frozen=True)
+class Reward:
+    reward: float
+    task: str
+    route_confidence: float
+    reward_models: tuple[str, ...]
+    bundle_version: str
+    cached: bool
+    id: str = ""
+    capabilities: dict[str, float] = field(default_factory=dict)
+
+    @classmethod
+    def from_proto(cls, result: reward_pb2.ScoreResult) -> Reward:
+        return cls(
+            reward=result.reward,
+            task=result.task,
+            route_confidence=result.route_confidence,
+            reward_models=tuple(result.reward_models),
+            bundle_version=result.bundle_version,
+            cached=result.cached,
+            id=result.id,
+            capabilities=dict(result.capabilities),
+        )
+
+
+def to_item(item: ItemLike) -> reward_pb2.ScoreItem:
+    """A ScoreItem from a ScoreItem, a ``(prompt, response)`` pair, or a dict
+    with ``prompt`` or ``messages`` (role/content dicts), ``response``, ``id``."""
+    if isinstance(item, reward_pb2.ScoreItem):
+        return item
+    if isinstance(item, tuple):
+        prompt, response = item
+        return reward_pb2.ScoreItem(prompt=prompt, response=response)
+    messages = [tensor_pb2.Message(role=m["role"], content=m["content"]) for m in item.get("messages", ())]
+    return reward_pb2.ScoreItem(
+        id=str(item.get("id", "")), prompt=item.get("prompt", ""), messages=messages, response=item.get("response", "")
+    )
+
+
+def _requests(items: Sequence[ItemLike], batch: int, **options: Any) -> list[reward_pb2.ScoreRequest]:
+    converted = [to_item(i) for i in items]
+    return [reward_pb2.ScoreRequest(items=converted[i : i + batch], **options)
+            for i in range(0, len(converted), batch)]
+
+
+def _options(breakdown: bool, policy: str, reward_model: str) -> dict[str, Any]:
+    return {"return_breakdown": breakdown, "policy": policy, "reward_model": reward_model}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 4
+    initial_backoff_s: float = 0.1
+    max_backoff_s: float = 2.0
+
+    def delay(self, attempt: int) -> float:
+        """Jittered exponential backoff before retry ``attempt`` (1-based)."""
+        return random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
+
+
+CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+
+
+class RewardClient:
+    """Blocking client. ``address`` is ``host:port`` (or any gRPC target)."""
+
+    def __init__(self, address: str, *, timeout_s: float = 60.0, batch_size: int = 256,
+                 retry: RetryPolicy | None = None, credentials: grpc.ChannelCredentials | None = None):
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self.retry = retry or RetryPolicy()
+        if credentials is None:
+            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+
+    def _call(self, request: reward_pb2.ScoreRequest, deadline: float) -> reward_pb2.ScoreResponse:
+        for attempt in range(1, self.retry.attempts + 1):
+            remaining = deadline - time.monotonic()
+            try:
+                return self._stub.Score(request, timeout=max(remaining, 0.001))
+            except grpc.RpcError as error:
+                pause = self.retry.delay(attempt)
+                if (error.code() not in RETRYABLE or attempt == self.retry.attempts
+                        or time.monotonic() + pause >= deadline):
+                    raise
+                time.sleep(pause)
+        raise AssertionError("unreachable")
+
+    def score(self, items: Iterable[ItemLike], *, breakdown: bool = False, policy: str = "",
+              reward_model: str = "", timeout_s: float | None = None) -> list[Reward]:
+        """One :class:`Reward` per item, in order."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        out: list[Reward] = []
+        for request in _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model)):
+            out.extend(Reward.from_proto(r) for r in self._call(request, deadline).results)
+        return out
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> RewardClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class AsyncRewardClient:
+    """asyncio client; batches of one call run concurrently (``concurrency``)."""
+
+    def __init__(self, address: str, *, timeout_s: float = 60.0, batch_size: int = 256, concurrency: int = 4,
+                 retry: RetryPolicy | None = None, credentials: grpc.ChannelCredentials | None = None):
+        self.timeout_s = timeout_s
+        self.batch_size = batch_size
+        self.retry = retry or RetryPolicy()
+        self._limit = asyncio.Semaphore(concurrency)
+        if credentials is None:
+            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+        else:
+            self._channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
+        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+
+    async def _call(self, request: reward_pb2.ScoreRequest, deadline: float) -> reward_pb2.ScoreResponse:
+        async with self._limit:
+            for attempt in range(1, self.retry.attempts + 1):
+                remaining = deadline - time.monotonic()
+                try:
+                    return await self._stub.Score(request, timeout=max(remaining, 0.001))
+                except grpc.aio.AioRpcError as error:
+                    pause = self.retry.delay(attempt)
+                    if (error.code() not in RETRYABLE or attempt == self.retry.attempts
+                            or time.monotonic() + pause >= deadline):
+                        raise
+                    await asyncio.sleep(pause)
+        raise AssertionError("unreachable")
+
+    async def score(self, items: Iterable[ItemLike], *, breakdown: bool = False, policy: str = "",
+                    reward_model: str = "", timeout_s: float | None = None) -> list[Reward]:
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        requests = _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model))
+        responses = await asyncio.gather(*(self._call(r, deadline) for r in requests))
+        return [Reward.from_proto(r) for response in responses for r in response.results]
+
+    async def close(self) -> None:
+        await self._channel.close()
+
+    async def __aenter__(self) -> AsyncRewardClient:
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()

@@ -1,0 +1,51 @@
+"""Shared fixtures.
+
+Session-wide: ``redis_url`` (a Redis-protocol server for cache tests) and
+``minilm_bundle`` (a small untrained bundle on the MiniLM backbone).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+os.environ["HF_HUB_OFFLINE"] = "1"  # before anything imports transformers
+
+import pytest  # noqa: E402
+
+# Tasks of the session bundle: small, so that creating and loading it is quick.
+BUNDLE_TASKS = {
+    "code": ("programming, writing or fixing code", ("correctness", "efficiency", "readability")),
+    "writing": ("write a story, poem, essay or letter", ("relevance", "fluency")),
+}
+
+
+@pytest.fixture(scope="session")
+def redis_url() -> Iterator[str]:
+    """$REDIS_URL when set, else a private embedded valkey-server for the session."""
+    url = os.environ.get("REDIS_URL")
+    if url:
+        yield url
+        return
+    from moerm.embedded_redis import EmbeddedRedis
+
+    with EmbeddedRedis() as server:
+        yield server.url
+
+
+@pytest.fixture(scope="session")
+def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of a bundle created once per session: MiniLM backbone, tasks
+    "code" (3 capabilities) and "writing" (2). Treat it as read-only; copy it
+    to modify it."""
+    from moerm.bundle import Capability
+    from moerm.bundle_build import TaskDefinition, create_bundle
+
+    tasks = [
+        TaskDefinition(name, description, tuple(Capability(cap) for cap in caps))
+        for name, (description, caps) in BUNDLE_TASKS.items()
+    ]
+    out = tmp_path_factory.mktemp("bundles") / "minilm"
+    create_bundle(out, tasks, backbone="minilm", seed=0)
+    return out
