@@ -45,8 +45,11 @@ class CacheStats:
 class ScoreCache:
     """Async score cache. ``url=None`` disables it (every lookup misses)."""
 
-    def __init__(self, url: str | None, *, ttl_s: int = 3600, timeout_s: float = 0.25, backoff_s: float = 2.0):
+    def __init__(self, url: str | None, *, ttl_s: int = 3600, timeout_s: float = 0.25, backoff_s: float = 2.0,
+                 namespace: str = ""):
         self.url = url
+        # Prepended to every key: lets several clusters (or test runs) share one Redis.
+        self.namespace = namespace
         self.ttl_s = ttl_s
         self.backoff_s = backoff_s
         self.stats = CacheStats()
@@ -85,7 +88,7 @@ class ScoreCache:
         if not keys or not self._available():
             return [None] * len(keys)
         try:
-            raw = await self._client.mget(list(keys))
+            raw = await self._client.mget([self.namespace + key for key in keys])
         except Exception as error:  # any failure of the cache is bypassed
             self._failed("read", error)
             return [None] * len(keys)
@@ -110,7 +113,7 @@ class ScoreCache:
         try:
             async with self._client.pipeline(transaction=False) as pipe:
                 for key, value in entries.items():
-                    pipe.set(key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
+                    pipe.set(self.namespace + key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
                 await pipe.execute()
             self.stats.writes += len(entries)
         except Exception as error:

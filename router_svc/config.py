@@ -32,6 +32,7 @@ class RouterConfig:
     port_file: str = option("", "write the bound port to this file once listening")
     redis_url: str = option("", "score cache: redis://HOST:PORT/DB; empty starts an embedded server; 'off' disables")
     cache_ttl_s: int = option(86400, "seconds a cached score lives")
+    cache_namespace: str = option("", "prefix of every cache key (clusters sharing one Redis)")
     cache_timeout_ms: float = option(250.0, "a cache call slower than this is bypassed")
     default_policy: str = option("task", f"routing policy when a request names none ({', '.join(POLICIES)})")
     max_items: int = option(1024, "most items in one Score request")

