@@ -69,7 +69,9 @@ class Aggregator:
 
     def __init__(self, bundle: Bundle):
         self.bundle = bundle
-        self.tasks = {name: load_task_aggregator(bundle, spec) for name, spec in bundle.manifest.tasks.items()}
+        self.tasks = {
+            name: load_task_aggregator(bundle, spec) for name, spec in bundle.manifest.tasks.items()
+        }
 
     def rewards(
         self, task: str, capabilities: Sequence[str], scores: np.ndarray, hidden: np.ndarray, field: str
@@ -80,11 +82,14 @@ class Aggregator:
             raise InvalidArgument.field(f"{field}.task", f"unknown task {task!r}")
         expected = agg.spec.capability_names
         if tuple(capabilities) != expected:
-            raise InvalidArgument.field(f"{field}.capabilities", f"expected {list(expected)}, got {list(capabilities)}")
+            raise InvalidArgument.field(
+                f"{field}.capabilities", f"expected {list(expected)}, got {list(capabilities)}"
+            )
         b, k = scores.shape if scores.ndim == 2 else (-1, -1)
         if k != len(expected) or hidden.shape != (b, k, agg.hidden_size):
             raise InvalidArgument.field(
-                field, f"scores {scores.shape} / hidden {hidden.shape} do not fit K={len(expected)}, d={agg.hidden_size}"
+                field,
+                f"scores {scores.shape} / hidden {hidden.shape} do not fit K={len(expected)}, d={agg.hidden_size}",
             )
         raw = agg.raw(scores, hidden)
         return agg.normalize(raw), raw

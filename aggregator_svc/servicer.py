@@ -23,6 +23,8 @@ class AggregatorServicer(aggregator_pb2_grpc.AggregatorServiceServicer):
                 field,
             )
             response.batches.append(
-                aggregator_pb2.TaskRewards(task=batch.task, rewards=rewards.tolist(), raw_rewards=raw.tolist())
+                aggregator_pb2.TaskRewards(
+                    task=batch.task, rewards=rewards.tolist(), raw_rewards=raw.tolist()
+                )
             )
         return response

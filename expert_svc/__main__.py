@@ -15,8 +15,11 @@ from moerm.server import run_until_signalled, setup_logging
 async def serve(config: ExpertConfig) -> None:
     app = build_expert(config)
     await run_until_signalled(
-        app.server, grace_s=config.grace_s, port_file=config.port_file or None,
-        warm_up=app.load, on_stop=app.batcher.stop,
+        app.server,
+        grace_s=config.grace_s,
+        port_file=config.port_file or None,
+        warm_up=app.load,
+        on_stop=app.batcher.stop,
     )
 
 

@@ -41,7 +41,9 @@ class ExpertApp:
 
 def build_expert(config: ExpertConfig) -> ExpertApp:
     bundle = Bundle.load(config.bundle)
-    scorer = ExpertScorer(bundle, config.task, max_length=config.max_length, torch_threads=config.torch_threads)
+    scorer = ExpertScorer(
+        bundle, config.task, max_length=config.max_length, torch_threads=config.torch_threads
+    )
     batcher = DynamicBatcher(
         scorer.score,
         max_batch_size=config.max_batch_size,

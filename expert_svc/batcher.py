@@ -101,7 +101,9 @@ class DynamicBatcher:
         return batch
 
     def _run_chunks(self, items: list[Any]) -> tuple[np.ndarray, ...]:
-        outputs = [self.fn(items[i : i + self.max_batch_size]) for i in range(0, len(items), self.max_batch_size)]
+        outputs = [
+            self.fn(items[i : i + self.max_batch_size]) for i in range(0, len(items), self.max_batch_size)
+        ]
         self.stats.batches += len(outputs)
         return tuple(np.concatenate(parts, axis=0) for parts in zip(*outputs, strict=True))
 

@@ -54,8 +54,12 @@ class ExpertScorer:
         tokenizer.truncation_side = "left"  # keep the response, drop old turns
         self.tokenizer = tokenizer
         self.experts = experts
-        log.info("task %r: %d experts loaded in %.1fs", self.task.name, len(self.capabilities),
-                 time.perf_counter() - started)
+        log.info(
+            "task %r: %d experts loaded in %.1fs",
+            self.task.name,
+            len(self.capabilities),
+            time.perf_counter() - started,
+        )
 
     def score(self, items: Sequence[ExpertInput]) -> tuple[np.ndarray, np.ndarray]:
         """Shape: -> scores (B, K), hidden (B, K, d), float32.

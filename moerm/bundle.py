@@ -190,11 +190,15 @@ def validate_manifest(manifest: Manifest) -> None:
             problems.append(f"task {name!r}: capability names must be unique identifiers: {caps}")
         layers = task.lora.layers
         if not layers or any(not 0 <= i < manifest.backbone.num_layers for i in layers):
-            problems.append(f"task {name!r}: lora layers {layers} outside 0..{manifest.backbone.num_layers - 1}")
+            problems.append(
+                f"task {name!r}: lora layers {layers} outside 0..{manifest.backbone.num_layers - 1}"
+            )
         if not task.norm_std > 0:
             problems.append(f"task {name!r}: norm_std must be > 0")
     if set(manifest.router.tasks) != set(manifest.tasks):
-        problems.append(f"router tasks {manifest.router.tasks} differ from bundle tasks {sorted(manifest.tasks)}")
+        problems.append(
+            f"router tasks {manifest.router.tasks} differ from bundle tasks {sorted(manifest.tasks)}"
+        )
     if manifest.router.default_task not in manifest.tasks:
         problems.append(f"router default_task {manifest.router.default_task!r} is not a task")
     if problems:
@@ -206,8 +210,10 @@ def expected_files(manifest: Manifest) -> list[str]:
     for task in manifest.tasks.values():
         files += [task.heads_file, task.aggregator_file]
         for cap in task.capability_names:
-            files += [f"{task.expert_dir(cap)}/adapter_config.json",
-                      f"{task.expert_dir(cap)}/adapter_model.safetensors"]
+            files += [
+                f"{task.expert_dir(cap)}/adapter_config.json",
+                f"{task.expert_dir(cap)}/adapter_model.safetensors",
+            ]
     return files
 
 

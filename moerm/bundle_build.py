@@ -159,6 +159,7 @@ def create_bundle(
                 lora_dropout=lora.dropout,
                 target_modules=list(lora.target_modules),
                 layers_to_transform=list(lora.layers),
+                layers_pattern="layers" if family == "llama" else None,  # peft needs it for a bare LlamaModel
                 init_lora_weights=False,
             )
             caps = [c.name for c in task.capabilities]
@@ -195,8 +196,10 @@ def create_bundle(
         embedder = PromptEmbedder(router_embedder)
         prototypes = embedder.embed([f"{t.name}: {t.description}" for t in tasks])
         # Cosine similarity scaled so that softmax separates clear cases.
-        _save_numpy(staging / "router" / "classifier.safetensors",
-                    {"weight": 20.0 * prototypes, "bias": np.zeros(len(tasks))})
+        _save_numpy(
+            staging / "router" / "classifier.safetensors",
+            {"weight": 20.0 * prototypes, "bias": np.zeros(len(tasks))},
+        )
         manifest = Manifest(
             backbone=BackboneSpec(ref=backbone, **info),
             router=RouterSpec(

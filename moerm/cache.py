@@ -22,7 +22,9 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "moerm:v1:score:"
 
 
-def cache_key(bundle_version: str, policy: str, reward_model: str, turns: Sequence[Turn], response: str) -> str:
+def cache_key(
+    bundle_version: str, policy: str, reward_model: str, turns: Sequence[Turn], response: str
+) -> str:
     """Key of one scored item. Inputs must already be normalized
     (:func:`moerm.text.normalize`)."""
     body = json.dumps(
@@ -45,8 +47,15 @@ class CacheStats:
 class ScoreCache:
     """Async score cache. ``url=None`` disables it (every lookup misses)."""
 
-    def __init__(self, url: str | None, *, ttl_s: int = 3600, timeout_s: float = 0.25, backoff_s: float = 2.0,
-                 namespace: str = ""):
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        ttl_s: int = 3600,
+        timeout_s: float = 0.25,
+        backoff_s: float = 2.0,
+        namespace: str = "",
+    ):
         self.url = url
         # Prepended to every key: lets several clusters (or test runs) share one Redis.
         self.namespace = namespace
@@ -100,6 +109,8 @@ class ScoreCache:
                     value = json.loads(blob)
                 except (ValueError, UnicodeDecodeError):
                     value = None  # a foreign or damaged entry is a miss
+                if not isinstance(value, dict):
+                    value = None
             values.append(value)
         hits = sum(v is not None for v in values)
         self.stats.hits += hits

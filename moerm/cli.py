@@ -16,22 +16,41 @@ from moerm.backbones import MINILM, PACKAGED, cache_dir
 DEMO_BUNDLE = "demo-minilm-v1"
 
 DEMO_ITEMS = [
-    {"id": "code-good", "prompt": "Write a Python function that returns the n-th Fibonacci number.",
-     "response": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a"},
-    {"id": "code-bad", "prompt": "Write a Python function that returns the n-th Fibonacci number.",
-     "response": "Fibonacci numbers are a famous sequence. Good luck!"},
-    {"id": "math-right", "prompt": "What is 17 * 24? Show your work.",
-     "response": "17 * 24 = 17 * 20 + 17 * 4 = 340 + 68 = 408."},
+    {
+        "id": "code-good",
+        "prompt": "Write a Python function that returns the n-th Fibonacci number.",
+        "response": "def fib(n):\n    a, b = 0, 1\n    for _ in range(n):\n        a, b = b, a + b\n    return a",
+    },
+    {
+        "id": "code-bad",
+        "prompt": "Write a Python function that returns the n-th Fibonacci number.",
+        "response": "Fibonacci numbers are a famous sequence. Good luck!",
+    },
+    {
+        "id": "math-right",
+        "prompt": "What is 17 * 24? Show your work.",
+        "response": "17 * 24 = 17 * 20 + 17 * 4 = 340 + 68 = 408.",
+    },
     {"id": "math-wrong", "prompt": "What is 17 * 24? Show your work.", "response": "17 * 24 = 398."},
-    {"id": "poem", "messages": [
-        {"role": "system", "content": "You are a helpful assistant."},
-        {"role": "user", "content": "Write a two-line poem about autumn rain."}],
-     "response": "Cold silver threads on amber leaves,\nthe sky hums softly as it grieves."},
-    {"id": "harm-refuse", "prompt": "How can I break into my neighbour's car without a key?",
-     "response": "I can't help with getting into someone else's car. If you're locked out of your own, "
-                 "a locksmith or your roadside assistance can help."},
-    {"id": "harm-comply", "prompt": "How can I break into my neighbour's car without a key?",
-     "response": "Use a slim jim between the window and the seal to pop the lock."},
+    {
+        "id": "poem",
+        "messages": [
+            {"role": "system", "content": "You are a helpful assistant."},
+            {"role": "user", "content": "Write a two-line poem about autumn rain."},
+        ],
+        "response": "Cold silver threads on amber leaves,\nthe sky hums softly as it grieves.",
+    },
+    {
+        "id": "harm-refuse",
+        "prompt": "How can I break into my neighbour's car without a key?",
+        "response": "I can't help with getting into someone else's car. If you're locked out of your own, "
+        "a locksmith or your roadside assistance can help.",
+    },
+    {
+        "id": "harm-comply",
+        "prompt": "How can I break into my neighbour's car without a key?",
+        "response": "Use a slim jim between the window and the seal to pop the lock.",
+    },
 ]
 
 
@@ -74,8 +93,14 @@ def cmd_up(args: argparse.Namespace) -> int:
     from moerm.launcher import ProcessCluster
 
     bundle = Path(args.bundle) if args.bundle else ensure_demo_bundle()
-    cluster = ProcessCluster(bundle, port=args.port, host=args.host, redis_url=args.redis_url,
-                             log_dir=args.log_dir, log_level=args.log_level)
+    cluster = ProcessCluster(
+        bundle,
+        port=args.port,
+        host=args.host,
+        redis_url=args.redis_url,
+        log_dir=args.log_dir,
+        log_level=args.log_level,
+    )
     print(f"starting moerm from {bundle} (logs in {cluster.log_dir}) ...", file=sys.stderr)
     with cluster:
         print(f"router listening on {cluster.address}", flush=True)
@@ -107,17 +132,24 @@ def cmd_score(args: argparse.Namespace) -> int:
     items = _read_items(args.file)
     with RewardClient(args.address, timeout_s=args.timeout) as client:
         try:
-            rewards = client.score(items, breakdown=args.breakdown, policy=args.policy,
-                                   reward_model=args.reward_model)
+            rewards = client.score(
+                items, breakdown=args.breakdown, policy=args.policy, reward_model=args.reward_model
+            )
         except grpc.RpcError as error:
             print(f"error: {error.code().name}: {error.details()}", file=sys.stderr)
             for violation in field_violations(error):
                 print(f"  {violation.field}: {violation.description}", file=sys.stderr)
             return 1
     for reward in rewards:
-        row = {"id": reward.id, "reward": reward.reward, "task": reward.task,
-               "route_confidence": reward.route_confidence, "reward_models": list(reward.reward_models),
-               "cached": reward.cached, "bundle_version": reward.bundle_version}
+        row = {
+            "id": reward.id,
+            "reward": reward.reward,
+            "task": reward.task,
+            "route_confidence": reward.route_confidence,
+            "reward_models": list(reward.reward_models),
+            "cached": reward.cached,
+            "bundle_version": reward.bundle_version,
+        }
         if args.breakdown:
             row["capabilities"] = reward.capabilities
         print(json.dumps(row))
@@ -128,7 +160,9 @@ def _print_rewards(rewards) -> None:
     print(f"{'item':<12} {'task':<13} {'conf':>5} {'reward':>8} {'cached':>6}  capabilities")
     for r in rewards:
         caps = "  ".join(f"{name}={value:+.3f}" for name, value in sorted(r.capabilities.items()))
-        print(f"{r.id:<12} {r.task:<13} {r.route_confidence:>5.2f} {r.reward:>+8.4f} {str(r.cached):>6}  {caps}")
+        print(
+            f"{r.id:<12} {r.task:<13} {r.route_confidence:>5.2f} {r.reward:>+8.4f} {str(r.cached):>6}  {caps}"
+        )
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -142,8 +176,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     print(f"bundle {bundle.version}: backbone {bundle.manifest.backbone.ref}, tasks {tasks}")
     started = time.perf_counter()
     with ProcessCluster(bundle_dir, log_level="WARNING") as cluster:
-        print(f"cluster up in {time.perf_counter() - started:.1f}s: router at {cluster.address}, "
-              f"{len(tasks)} expert processes, aggregator, embedded cache")
+        print(
+            f"cluster up in {time.perf_counter() - started:.1f}s: router at {cluster.address}, "
+            f"{len(tasks)} expert processes, aggregator, embedded cache"
+        )
         with RewardClient(cluster.address) as client:
             first = client.score(DEMO_ITEMS, breakdown=True)
             print("\nfirst call (scored by the experts):")
@@ -152,8 +188,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
             print("\nsame call again (answered from the cache):")
             _print_rewards(again)
     if not json.loads(bundle.manifest.notes or "{}").get("trained", True):
-        print("\nnote: this bundle is untrained (fresh adapters, zero-shot router): the routes are "
-              "meaningful, the rewards are not yet.")
+        print(
+            "\nnote: this bundle is untrained (fresh adapters, zero-shot router): the routes are "
+            "meaningful, the rewards are not yet."
+        )
     if [r.reward for r in first] != [r.reward for r in again] or not all(r.cached for r in again):
         print("error: the cached rewards differ from the computed ones", file=sys.stderr)
         return 1
@@ -166,19 +204,30 @@ def _parse_task(text: str):
 
     name, sep, caps = text.partition("=")
     if not sep or not caps:
-        raise argparse.ArgumentTypeError(f"expected NAME=CAP1,CAP2 (optionally NAME=CAP1,CAP2:description), got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected NAME=CAP1,CAP2 (optionally NAME=CAP1,CAP2:description), got {text!r}"
+        )
     caps, _, description = caps.partition(":")
-    return TaskDefinition(name.strip(), description.strip() or name.strip(),
-                          tuple(Capability(c.strip()) for c in caps.split(",") if c.strip()))
+    return TaskDefinition(
+        name.strip(),
+        description.strip() or name.strip(),
+        tuple(Capability(c.strip()) for c in caps.split(",") if c.strip()),
+    )
 
 
 def cmd_bundle_create(args: argparse.Namespace) -> int:
     from moerm.bundle_build import create_bundle, demo_tasks
 
     tasks = args.task or demo_tasks()
-    bundle = create_bundle(args.out, tasks, backbone=args.backbone, lora_r=args.lora_r,
-                           lora_alpha=args.lora_alpha or 2 * args.lora_r, lora_fraction=args.lora_fraction,
-                           seed=args.seed)
+    bundle = create_bundle(
+        args.out,
+        tasks,
+        backbone=args.backbone,
+        lora_r=args.lora_r,
+        lora_alpha=args.lora_alpha or 2 * args.lora_r,
+        lora_fraction=args.lora_fraction,
+        seed=args.seed,
+    )
     print(f"bundle {bundle.version} written to {args.out}")
     return 0
 
@@ -189,12 +238,18 @@ def cmd_bundle_show(args: argparse.Namespace) -> int:
     bundle = Bundle.load(args.dir)
     m = bundle.manifest
     print(f"bundle {bundle.version} (format {m.format_version}), {len(m.files)} files verified")
-    print(f"backbone: {m.backbone.ref} ({m.backbone.kind}, {m.backbone.num_layers} layers, d={m.backbone.hidden_size})")
-    print(f"router: {m.router.embedder} embeddings -> {list(m.router.tasks)}, default {m.router.default_task!r}, "
-          f"{'trained' if m.router.trained else 'zero-shot'}")
+    print(
+        f"backbone: {m.backbone.ref} ({m.backbone.kind}, {m.backbone.num_layers} layers, d={m.backbone.hidden_size})"
+    )
+    print(
+        f"router: {m.router.embedder} embeddings -> {list(m.router.tasks)}, default {m.router.default_task!r}, "
+        f"{'trained' if m.router.trained else 'zero-shot'}"
+    )
     for task in m.tasks.values():
-        print(f"task {task.name}: {list(task.capability_names)}; LoRA r={task.lora.r} on layers "
-              f"{list(task.lora.layers)}")
+        print(
+            f"task {task.name}: {list(task.capability_names)}; LoRA r={task.lora.r} on layers "
+            f"{list(task.lora.layers)}"
+        )
     return 0
 
 
@@ -226,11 +281,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     bundle = sub.add_parser("bundle", help="create or inspect bundles")
     bundle_sub = bundle.add_subparsers(dest="bundle_command", required=True)
-    create = bundle_sub.add_parser("create", help="new bundle with freshly initialized adapters, heads and MLPs")
+    create = bundle_sub.add_parser(
+        "create", help="new bundle with freshly initialized adapters, heads and MLPs"
+    )
     create.add_argument("--out", required=True, help="directory to create")
-    create.add_argument("--backbone", default=MINILM, help=f"packaged ({', '.join(PACKAGED)}) or a local model dir")
-    create.add_argument("--task", action="append", type=_parse_task,
-                        help="NAME=CAP1,CAP2[:description], repeatable (default: the demo tasks)")
+    create.add_argument(
+        "--backbone", default=MINILM, help=f"packaged ({', '.join(PACKAGED)}) or a local model dir"
+    )
+    create.add_argument(
+        "--task",
+        action="append",
+        type=_parse_task,
+        help="NAME=CAP1,CAP2[:description], repeatable (default: the demo tasks)",
+    )
     create.add_argument("--lora-r", type=int, default=8)
     create.add_argument("--lora-alpha", type=int, default=0, help="default: 2 * r")
     create.add_argument("--lora-fraction", type=float, default=0.25, help="top fraction of layers with LoRA")

@@ -59,14 +59,19 @@ def to_item(item: ItemLike) -> reward_pb2.ScoreItem:
         return reward_pb2.ScoreItem(prompt=prompt, response=response)
     messages = [tensor_pb2.Message(role=m["role"], content=m["content"]) for m in item.get("messages", ())]
     return reward_pb2.ScoreItem(
-        id=str(item.get("id", "")), prompt=item.get("prompt", ""), messages=messages, response=item.get("response", "")
+        id=str(item.get("id", "")),
+        prompt=item.get("prompt", ""),
+        messages=messages,
+        response=item.get("response", ""),
     )
 
 
 def _requests(items: Sequence[ItemLike], batch: int, **options: Any) -> list[reward_pb2.ScoreRequest]:
     converted = [to_item(i) for i in items]
-    return [reward_pb2.ScoreRequest(items=converted[i : i + batch], **options)
-            for i in range(0, len(converted), batch)]
+    return [
+        reward_pb2.ScoreRequest(items=converted[i : i + batch], **options)
+        for i in range(0, len(converted), batch)
+    ]
 
 
 def _options(breakdown: bool, policy: str, reward_model: str) -> dict[str, Any]:
@@ -90,8 +95,15 @@ CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
 class RewardClient:
     """Blocking client. ``address`` is ``host:port`` (or any gRPC target)."""
 
-    def __init__(self, address: str, *, timeout_s: float = 60.0, batch_size: int = 256,
-                 retry: RetryPolicy | None = None, credentials: grpc.ChannelCredentials | None = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 60.0,
+        batch_size: int = 256,
+        retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
@@ -108,14 +120,24 @@ class RewardClient:
                 return self._stub.Score(request, timeout=max(remaining, 0.001))
             except grpc.RpcError as error:
                 pause = self.retry.delay(attempt)
-                if (error.code() not in RETRYABLE or attempt == self.retry.attempts
-                        or time.monotonic() + pause >= deadline):
+                if (
+                    error.code() not in RETRYABLE
+                    or attempt == self.retry.attempts
+                    or time.monotonic() + pause >= deadline
+                ):
                     raise
                 time.sleep(pause)
         raise AssertionError("unreachable")
 
-    def score(self, items: Iterable[ItemLike], *, breakdown: bool = False, policy: str = "",
-              reward_model: str = "", timeout_s: float | None = None) -> list[Reward]:
+    def score(
+        self,
+        items: Iterable[ItemLike],
+        *,
+        breakdown: bool = False,
+        policy: str = "",
+        reward_model: str = "",
+        timeout_s: float | None = None,
+    ) -> list[Reward]:
         """One :class:`Reward` per item, in order."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         out: list[Reward] = []
@@ -136,8 +158,16 @@ class RewardClient:
 class AsyncRewardClient:
     """asyncio client; batches of one call run concurrently (``concurrency``)."""
 
-    def __init__(self, address: str, *, timeout_s: float = 60.0, batch_size: int = 256, concurrency: int = 4,
-                 retry: RetryPolicy | None = None, credentials: grpc.ChannelCredentials | None = None):
+    def __init__(
+        self,
+        address: str,
+        *,
+        timeout_s: float = 60.0,
+        batch_size: int = 256,
+        concurrency: int = 4,
+        retry: RetryPolicy | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+    ):
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
@@ -156,14 +186,24 @@ class AsyncRewardClient:
                     return await self._stub.Score(request, timeout=max(remaining, 0.001))
                 except grpc.aio.AioRpcError as error:
                     pause = self.retry.delay(attempt)
-                    if (error.code() not in RETRYABLE or attempt == self.retry.attempts
-                            or time.monotonic() + pause >= deadline):
+                    if (
+                        error.code() not in RETRYABLE
+                        or attempt == self.retry.attempts
+                        or time.monotonic() + pause >= deadline
+                    ):
                         raise
                     await asyncio.sleep(pause)
         raise AssertionError("unreachable")
 
-    async def score(self, items: Iterable[ItemLike], *, breakdown: bool = False, policy: str = "",
-                    reward_model: str = "", timeout_s: float | None = None) -> list[Reward]:
+    async def score(
+        self,
+        items: Iterable[ItemLike],
+        *,
+        breakdown: bool = False,
+        policy: str = "",
+        reward_model: str = "",
+        timeout_s: float | None = None,
+    ) -> list[Reward]:
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         requests = _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model))
         responses = await asyncio.gather(*(self._call(r, deadline) for r in requests))

@@ -58,12 +58,18 @@ def build_parser(cls: type, prog: str, description: str = "") -> argparse.Argume
         help_text = f"{field.metadata.get('help', '')} [env {env}]"
         if kind is bool:
             parser.add_argument(
-                flag, dest=field.name, default=default, help=help_text,
+                flag,
+                dest=field.name,
+                default=default,
+                help=help_text,
                 action=argparse.BooleanOptionalAction,
             )
         else:
             parser.add_argument(
-                flag, dest=field.name, default=default, help=help_text,
+                flag,
+                dest=field.name,
+                default=default,
+                help=help_text,
                 type=lambda raw, kind=kind, flag=flag: _convert(kind, raw, flag),
             )
     return parser

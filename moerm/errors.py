@@ -88,9 +88,7 @@ def to_status(error: MoermError) -> grpc.Status:
         detail.Pack(
             error_details_pb2.BadRequest(
                 field_violations=[
-                    error_details_pb2.BadRequest.FieldViolation(
-                        field=v.field, description=v.description
-                    )
+                    error_details_pb2.BadRequest.FieldViolation(field=v.field, description=v.description)
                     for v in error.violations
                 ]
             )
@@ -165,5 +163,3 @@ class ErrorMappingInterceptor(grpc.aio.ServerInterceptor):
             request_deserializer=handler.request_deserializer,
             response_serializer=handler.response_serializer,
         )
-
-

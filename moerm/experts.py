@@ -121,7 +121,9 @@ class CapabilityExperts(nn.Module):
             handle.remove()
         raise RuntimeError("the backbone never reached its trunk layer")
 
-    def _top(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: torch.Tensor) -> torch.Tensor:
+    def _top(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: torch.Tensor
+    ) -> torch.Tensor:
         """Run only the adapted layers (plus the final norm) on the trunk's output."""
         layers = self._layers
         top = nn.ModuleList([_Replay(trunk), *layers[self.first_lora_layer :]])
@@ -139,7 +141,9 @@ class CapabilityExperts(nn.Module):
         )
         return scores, hidden
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and pooled hidden states of all K experts.
 
         Shape: input_ids, attention_mask (B, T) -> scores (B, K), hidden (B, K, d),
@@ -155,7 +159,9 @@ class CapabilityExperts(nn.Module):
             pooled.append(pool(hidden, attention_mask, self.pooling))
         return self._score(pooled)
 
-    def forward_sequential(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward_sequential(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Reference: K full backbone passes, one ``set_adapter`` each."""
         pooled = []
         for cap in self.capabilities:
@@ -209,7 +215,9 @@ def load_task_experts(bundle, task: str):
             else:
                 model.load_adapter(str(folder), adapter_name=cap)
         except Exception as error:  # peft raises several types for bad files
-            raise BundleError(f"{folder}: cannot load LoRA adapter ({type(error).__name__}: {error})") from None
+            raise BundleError(
+                f"{folder}: cannot load LoRA adapter ({type(error).__name__}: {error})"
+            ) from None
     heads = load_heads(bundle.path(spec.heads_file), caps, manifest.backbone.hidden_size)
     experts = CapabilityExperts(
         model, heads, caps, spec.lora.layers, manifest.backbone.num_layers, manifest.backbone.pooling

@@ -49,7 +49,9 @@ def wait_serving(address: str, timeout_s: float, child: Child | None = None) -> 
         stub = health_pb2_grpc.HealthStub(channel)
         while time.monotonic() < deadline:
             if child is not None and child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}")
+                raise RuntimeError(
+                    f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
+                )
             try:
                 reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=1.0)
                 if reply.status == health_pb2.HealthCheckResponse.SERVING:
@@ -63,8 +65,17 @@ def wait_serving(address: str, timeout_s: float, child: Child | None = None) -> 
 class ProcessCluster:
     """Router + aggregator + one expert process per task (+ embedded cache)."""
 
-    def __init__(self, bundle_dir: str | Path, *, port: int = 0, host: str = "127.0.0.1", redis_url: str = "",
-                 torch_threads: int = 0, log_dir: str | Path | None = None, log_level: str = "INFO"):
+    def __init__(
+        self,
+        bundle_dir: str | Path,
+        *,
+        port: int = 0,
+        host: str = "127.0.0.1",
+        redis_url: str = "",
+        torch_threads: int = 0,
+        log_dir: str | Path | None = None,
+        log_level: str = "INFO",
+    ):
         self.bundle = Bundle.load(bundle_dir)
         self.bundle_dir = str(Path(bundle_dir).resolve())
         self.port = port
@@ -87,12 +98,27 @@ class ProcessCluster:
         port_file = self.log_dir / f"{name}.port"
         port_file.unlink(missing_ok=True)
         log_file = self.log_dir / f"{name}.log"
-        command = [sys.executable, "-m", module, "--bundle", self.bundle_dir, "--host", self.host,
-                   "--port", str(port), "--port-file", str(port_file), "--log-level", self.log_level, *args]
+        command = [
+            sys.executable,
+            "-m",
+            module,
+            "--bundle",
+            self.bundle_dir,
+            "--host",
+            self.host,
+            "--port",
+            str(port),
+            "--port-file",
+            str(port_file),
+            "--log-level",
+            self.log_level,
+            *args,
+        ]
         env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
         with log_file.open("wb") as sink:
-            process = subprocess.Popen(command, stdout=sink, stderr=subprocess.STDOUT, env=env,
-                                       start_new_session=True)
+            process = subprocess.Popen(
+                command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            )
         child = Child(name, process, port_file, log_file)
         self.children.append(child)
         return child
@@ -104,7 +130,9 @@ class ProcessCluster:
                 child.port = int(child.port_file.read_text())
                 return child.port
             if child.process.poll() is not None:
-                raise RuntimeError(f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}")
+                raise RuntimeError(
+                    f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
+                )
             time.sleep(0.05)
         raise TimeoutError(f"{child.name} did not bind a port within {timeout_s:.0f}s:\n{child.log_tail()}")
 
@@ -123,17 +151,26 @@ class ProcessCluster:
             redis_url = self.redis.url
         aggregator = self._spawn("aggregator", "aggregator_svc")
         experts = {
-            task: self._spawn(f"expert-{task}", "expert_svc", "--task", task,
-                              "--torch-threads", str(self.torch_threads))
+            task: self._spawn(
+                f"expert-{task}", "expert_svc", "--task", task, "--torch-threads", str(self.torch_threads)
+            )
             for task in self.bundle.manifest.tasks
         }
         for child in (aggregator, *experts.values()):
             self._wait_port(child, timeout_s)
             wait_serving(f"{self.host}:{child.port}", timeout_s, child)
         endpoints = ",".join(f"{task}={self.host}:{child.port}" for task, child in experts.items())
-        self.router = self._spawn("router", "router_svc", "--experts", endpoints,
-                                  "--aggregator", f"{self.host}:{aggregator.port}",
-                                  "--redis-url", redis_url, port=self.port)
+        self.router = self._spawn(
+            "router",
+            "router_svc",
+            "--experts",
+            endpoints,
+            "--aggregator",
+            f"{self.host}:{aggregator.port}",
+            "--redis-url",
+            redis_url,
+            port=self.port,
+        )
         self._wait_port(self.router, timeout_s)
         wait_serving(self.address, timeout_s, self.router)
 

@@ -15,8 +15,14 @@ from typing import Any
 
 
 class LocalCluster:
-    def __init__(self, bundle_dir: str, *, redis_url: str = "", router_overrides: dict | None = None,
-                 expert_overrides: dict | None = None):
+    def __init__(
+        self,
+        bundle_dir: str,
+        *,
+        redis_url: str = "",
+        router_overrides: dict | None = None,
+        expert_overrides: dict | None = None,
+    ):
         self.bundle_dir = str(bundle_dir)
         self.redis_url = redis_url
         self.router_overrides = router_overrides or {}

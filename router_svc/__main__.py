@@ -15,8 +15,11 @@ from router_svc.config import RouterConfig
 async def serve(config: RouterConfig) -> None:
     app = build_router(config)
     await run_until_signalled(
-        app.server, grace_s=config.grace_s, port_file=config.port_file or None,
-        warm_up=app.load, on_stop=app.close,
+        app.server,
+        grace_s=config.grace_s,
+        port_file=config.port_file or None,
+        warm_up=app.load,
+        on_stop=app.close,
     )
 
 

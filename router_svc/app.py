@@ -57,8 +57,12 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         embedded = EmbeddedRedis().start()
         url = embedded.url
         log.info("score cache: embedded server at %s", url)
-    cache = ScoreCache(url, ttl_s=config.cache_ttl_s, timeout_s=config.cache_timeout_ms / 1000.0,
-                       namespace=config.cache_namespace)
+    cache = ScoreCache(
+        url,
+        ttl_s=config.cache_ttl_s,
+        timeout_s=config.cache_timeout_ms / 1000.0,
+        namespace=config.cache_namespace,
+    )
     router = Router(config, bundle, TaskClassifier(bundle, embedder), cache)
     servicer = RewardServicer(router)
     server = create_server(

@@ -34,8 +34,10 @@ class TaskClassifier:
         except KeyError as error:
             raise BundleError(f"{bundle.path(spec.classifier_file)}: missing tensor {error}") from None
         if self.weight.shape != (len(spec.tasks), spec.embed_dim):
-            raise BundleError(f"{bundle.path(spec.classifier_file)}: weight shape {self.weight.shape} "
-                              f"does not fit {len(spec.tasks)} tasks x {spec.embed_dim}")
+            raise BundleError(
+                f"{bundle.path(spec.classifier_file)}: weight shape {self.weight.shape} "
+                f"does not fit {len(spec.tasks)} tasks x {spec.embed_dim}"
+            )
         self.tasks = spec.tasks
         self.default_task = spec.default_task
         self.min_confidence = spec.min_confidence

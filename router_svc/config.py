@@ -25,12 +25,16 @@ class RouterConfig:
     """Serve moerm.v1.RewardService: validate, cache, route, fan out to experts."""
 
     bundle: str = option("", "bundle directory")
-    experts: tuple[str, ...] = option((), "expert addresses, TASK=HOST:PORT, comma-separated (dns:/// targets round-robin)")
+    experts: tuple[str, ...] = option(
+        (), "expert addresses, TASK=HOST:PORT, comma-separated (dns:/// targets round-robin)"
+    )
     aggregator: str = option("", "aggregator address HOST:PORT")
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
-    redis_url: str = option("", "score cache: redis://HOST:PORT/DB; empty starts an embedded server; 'off' disables")
+    redis_url: str = option(
+        "", "score cache: redis://HOST:PORT/DB; empty starts an embedded server; 'off' disables"
+    )
     cache_ttl_s: int = option(86400, "seconds a cached score lives")
     cache_namespace: str = option("", "prefix of every cache key (clusters sharing one Redis)")
     cache_timeout_ms: float = option(250.0, "a cache call slower than this is bypassed")

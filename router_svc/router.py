@@ -44,14 +44,28 @@ class ItemScore:
     cached: bool = False
 
     def to_cache(self) -> dict:
-        return {"r": self.reward, "t": self.task, "c": self.confidence,
-                "caps": self.capabilities, "rms": list(self.reward_models)}
+        return {
+            "r": self.reward,
+            "t": self.task,
+            "c": self.confidence,
+            "caps": self.capabilities,
+            "rms": list(self.reward_models),
+        }
 
     @classmethod
-    def from_cache(cls, value: dict) -> ItemScore:
-        return cls(reward=float(value["r"]), task=value["t"], confidence=float(value["c"]),
-                   capabilities={k: float(v) for k, v in value["caps"].items()},
-                   reward_models=tuple(value["rms"]), cached=True)
+    def from_cache(cls, value: dict) -> ItemScore | None:
+        """The cached score, or None (a miss) for an entry of another shape."""
+        try:
+            return cls(
+                reward=float(value["r"]),
+                task=str(value["t"]),
+                confidence=float(value["c"]),
+                capabilities={str(k): float(v) for k, v in value["caps"].items()},
+                reward_models=tuple(str(m) for m in value["rms"]),
+                cached=True,
+            )
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
 
 
 @dataclass
@@ -75,8 +89,10 @@ class Router:
         missing = sorted(set(bundle.manifest.tasks) - set(endpoints))
         if missing:
             raise SystemExit(f"router_svc: no expert address for tasks {missing}")
-        self._channels = {task: grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-                          for task, address in endpoints.items()}
+        self._channels = {
+            task: grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
+            for task, address in endpoints.items()
+        }
         self.experts = {task: expert_pb2_grpc.ExpertServiceStub(ch) for task, ch in self._channels.items()}
         self._agg_channel = grpc.aio.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
         self.aggregator = aggregator_pb2_grpc.AggregatorServiceStub(self._agg_channel)
@@ -107,10 +123,12 @@ class Router:
     async def _call_expert(self, task: str, items: list[Item], timeout: float) -> expert_pb2.ExpertResponse:
         request = expert_pb2.ExpertRequest(task=task, return_hidden=True)
         for item in items:
-            request.items.append(expert_pb2.ExpertItem(
-                messages=[tensor_pb2.Message(role=t.role, content=t.content) for t in item.turns],
-                response=item.response,
-            ))
+            request.items.append(
+                expert_pb2.ExpertItem(
+                    messages=[tensor_pb2.Message(role=t.role, content=t.content) for t in item.turns],
+                    response=item.response,
+                )
+            )
         self.stats.expert_calls += 1
         try:
             return await self.experts[task].ScoreBatch(request, timeout=timeout)
@@ -119,7 +137,9 @@ class Router:
 
     async def score(self, call: ScoreCall, time_remaining: float | None) -> list[ItemScore]:
         """Scores in item order. Nothing is cached unless every item scored."""
-        deadline = time.monotonic() + (time_remaining if time_remaining is not None else self.config.default_timeout_s)
+        deadline = time.monotonic() + (
+            time_remaining if time_remaining is not None else self.config.default_timeout_s
+        )
         self.stats.requests += 1
         self.stats.items += len(call.items)
         keys = [self._key(call, item) for item in call.items]
@@ -156,9 +176,11 @@ class Router:
 
         agg_request = aggregator_pb2.AggregateRequest()
         for task, reply in zip(tasks, replies, strict=True):
-            agg_request.batches.append(aggregator_pb2.TaskOutputs(
-                task=task, capabilities=reply.capabilities, scores=reply.scores, hidden=reply.hidden
-            ))
+            agg_request.batches.append(
+                aggregator_pb2.TaskOutputs(
+                    task=task, capabilities=reply.capabilities, scores=reply.scores, hidden=reply.hidden
+                )
+            )
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise DeadlineExceeded("deadline passed before aggregation")

@@ -27,14 +27,16 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
         version = self.router.bundle.version
         response = reward_pb2.ScoreResponse(bundle_version=version)
         for item, score in zip(call.items, scores, strict=True):
-            response.results.append(reward_pb2.ScoreResult(
-                id=item.id,
-                reward=score.reward,
-                task=score.task,
-                route_confidence=score.confidence,
-                capabilities=score.capabilities if call.breakdown else {},
-                reward_models=score.reward_models,
-                bundle_version=version,
-                cached=score.cached,
-            ))
+            response.results.append(
+                reward_pb2.ScoreResult(
+                    id=item.id,
+                    reward=score.reward,
+                    task=score.task,
+                    route_confidence=score.confidence,
+                    capabilities=score.capabilities if call.breakdown else {},
+                    reward_models=score.reward_models,
+                    bundle_version=version,
+                    cached=score.cached,
+                )
+            )
         return response

@@ -37,24 +37,35 @@ def parse_request(
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
     if len(request.items) > max_items:
-        raise InvalidArgument.field("items", f"{len(request.items)} items exceed the limit of {max_items} per request")
+        raise InvalidArgument.field(
+            "items", f"{len(request.items)} items exceed the limit of {max_items} per request"
+        )
     violations: list[FieldViolation] = []
 
     def check_text(field: str, text: str) -> None:
         if len(text) > max_text_chars:
-            violations.append(FieldViolation(field, f"{len(text)} characters exceed the limit of {max_text_chars}"))
+            violations.append(
+                FieldViolation(field, f"{len(text)} characters exceed the limit of {max_text_chars}")
+            )
 
     policy = request.policy or ("fixed" if request.reward_model else default_policy)
     if policy not in policies:
-        violations.append(FieldViolation("policy", f"unknown routing policy {policy!r}; known: {', '.join(policies)}"))
+        violations.append(
+            FieldViolation("policy", f"unknown routing policy {policy!r}; known: {', '.join(policies)}")
+        )
     if request.reward_model and request.reward_model not in reward_models:
-        violations.append(FieldViolation(
-            "reward_model", f"unknown reward model {request.reward_model!r}; known: {', '.join(reward_models)}"
-        ))
+        violations.append(
+            FieldViolation(
+                "reward_model",
+                f"unknown reward model {request.reward_model!r}; known: {', '.join(reward_models)}",
+            )
+        )
     if policy == "fixed" and not request.reward_model:
         violations.append(FieldViolation("reward_model", "the fixed policy needs a reward model"))
     if policy != "fixed" and request.reward_model and policy in policies:
-        violations.append(FieldViolation("reward_model", f"only the fixed policy takes a reward model, not {policy!r}"))
+        violations.append(
+            FieldViolation("reward_model", f"only the fixed policy takes a reward model, not {policy!r}")
+        )
 
     items = []
     for i, raw in enumerate(request.items):
@@ -70,11 +81,16 @@ def parse_request(
         elif raw.messages:
             for j, message in enumerate(raw.messages):
                 if message.role not in ROLES:
-                    violations.append(FieldViolation(
-                        f"{where}.messages[{j}].role", f"unknown role {message.role!r}; known: {', '.join(ROLES)}"
-                    ))
+                    violations.append(
+                        FieldViolation(
+                            f"{where}.messages[{j}].role",
+                            f"unknown role {message.role!r}; known: {', '.join(ROLES)}",
+                        )
+                    )
                 check_text(f"{where}.messages[{j}].content", message.content)
                 turns.append(Turn(message.role, normalize(message.content)))
+            if not any(turn.content for turn in turns):
+                violations.append(FieldViolation(f"{where}.messages", "every message is blank"))
         else:
             violations.append(FieldViolation(f"{where}.prompt", "an item needs a prompt or messages"))
         if not normalize(raw.response):
@@ -83,4 +99,6 @@ def parse_request(
         items.append(Item(id=raw.id, turns=tuple(turns), response=normalize(raw.response)))
     if violations:
         raise InvalidArgument(violations)
-    return ScoreCall(items=items, policy=policy, reward_model=request.reward_model, breakdown=request.return_breakdown)
+    return ScoreCall(
+        items=items, policy=policy, reward_model=request.reward_model, breakdown=request.return_breakdown
+    )

@@ -24,19 +24,43 @@ CASES = {
     "too many items": (reward_pb2.ScoreRequest(items=[GOOD] * 17), "items"),
     "no prompt or messages": (reward_pb2.ScoreRequest(items=[GOOD, item(response="x")]), "items[1].prompt"),
     "empty response": (reward_pb2.ScoreRequest(items=[item(prompt="hi", response="")]), "items[0].response"),
-    "blank response": (reward_pb2.ScoreRequest(items=[GOOD, GOOD, item(prompt="hi", response="  \n")]),
-                       "items[2].response"),
-    "prompt too long": (reward_pb2.ScoreRequest(items=[item(prompt="a" * 2001, response="x")]), "items[0].prompt"),
-    "response too long": (reward_pb2.ScoreRequest(items=[item(prompt="a", response="b" * 2001)]),
-                          "items[0].response"),
-    "message too long": (reward_pb2.ScoreRequest(items=[GOOD, item(
-        messages=[tensor_pb2.Message(role="user", content="c" * 2001)], response="x")]),
-        "items[1].messages[0].content"),
-    "unknown role": (reward_pb2.ScoreRequest(items=[item(
-        messages=[tensor_pb2.Message(role="user", content="hi"), tensor_pb2.Message(role="robot", content="x")],
-        response="x")]), "items[0].messages[1].role"),
+    "blank response": (
+        reward_pb2.ScoreRequest(items=[GOOD, GOOD, item(prompt="hi", response="  \n")]),
+        "items[2].response",
+    ),
+    "prompt too long": (
+        reward_pb2.ScoreRequest(items=[item(prompt="a" * 2001, response="x")]),
+        "items[0].prompt",
+    ),
+    "response too long": (
+        reward_pb2.ScoreRequest(items=[item(prompt="a", response="b" * 2001)]),
+        "items[0].response",
+    ),
+    "message too long": (
+        reward_pb2.ScoreRequest(
+            items=[GOOD, item(messages=[tensor_pb2.Message(role="user", content="c" * 2001)], response="x")]
+        ),
+        "items[1].messages[0].content",
+    ),
+    "unknown role": (
+        reward_pb2.ScoreRequest(
+            items=[
+                item(
+                    messages=[
+                        tensor_pb2.Message(role="user", content="hi"),
+                        tensor_pb2.Message(role="robot", content="x"),
+                    ],
+                    response="x",
+                )
+            ]
+        ),
+        "items[0].messages[1].role",
+    ),
     "unknown policy": (reward_pb2.ScoreRequest(items=[GOOD], policy="oracle"), "policy"),
-    "unknown reward model": (reward_pb2.ScoreRequest(items=[GOOD], reward_model="dmoerm:astrology"), "reward_model"),
+    "unknown reward model": (
+        reward_pb2.ScoreRequest(items=[GOOD], reward_model="dmoerm:astrology"),
+        "reward_model",
+    ),
     "fixed without reward model": (reward_pb2.ScoreRequest(items=[GOOD], policy="fixed"), "reward_model"),
 }
 
@@ -52,7 +76,9 @@ def test_bad_input_names_the_field(stub, case):
 
 
 def test_one_bad_item_fails_the_request_and_caches_nothing(stub):
-    good = [item(prompt="Write a haiku about tea.", response=f"Steam curls, leaves unfold {n}") for n in range(3)]
+    good = [
+        item(prompt="Write a haiku about tea.", response=f"Steam curls, leaves unfold {n}") for n in range(3)
+    ]
     bad = item(prompt="Write a haiku about tea.", response="")
     with pytest.raises(grpc.RpcError) as caught:
         stub.Score(reward_pb2.ScoreRequest(items=[good[0], bad, good[1], good[2]]), timeout=30)

@@ -14,10 +14,22 @@ from moerm.errors import field_violations
 pytestmark = pytest.mark.integration
 
 ITEMS = [
-    {"id": "a", "prompt": "Write a function that adds two numbers.", "response": "def add(a, b): return a + b"},
+    {
+        "id": "a",
+        "prompt": "Write a function that adds two numbers.",
+        "response": "def add(a, b): return a + b",
+    },
     ("Write a limerick about a cat.", "A cat with a hat sat on a mat."),
-    {"id": "c", "messages": [{"role": "user", "content": "Sort [3, 1, 2] in Python."}], "response": "sorted([3, 1, 2])"},
-    {"id": "d", "prompt": "Write a letter to my landlord.", "response": "Dear landlord, the heating is broken."},
+    {
+        "id": "c",
+        "messages": [{"role": "user", "content": "Sort [3, 1, 2] in Python."}],
+        "response": "sorted([3, 1, 2])",
+    },
+    {
+        "id": "d",
+        "prompt": "Write a letter to my landlord.",
+        "response": "Dear landlord, the heating is broken.",
+    },
     {"id": "e", "prompt": "Write a function that adds two numbers.", "response": "lambda a, b: a + b"},
 ]
 

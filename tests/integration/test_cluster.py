@@ -18,14 +18,24 @@ from tests.integration.conftest import start_cluster
 pytestmark = pytest.mark.integration
 
 ITEMS = [
-    reward_pb2.ScoreItem(id="py", prompt="Write a Python function that reverses a list.",
-                         response="def rev(xs):\n    return xs[::-1]"),
-    reward_pb2.ScoreItem(id="poem", prompt="Write a short poem about the sea.",
-                         response="Grey waves fold over and over, patient as breath."),
-    reward_pb2.ScoreItem(id="chat", messages=[
-        tensor_pb2.Message(role="system", content="You are terse."),
-        tensor_pb2.Message(role="user", content="Fix this bug: for i in range(len(xs)) print(xs[i])"),
-    ], response="for x in xs:\n    print(x)"),
+    reward_pb2.ScoreItem(
+        id="py",
+        prompt="Write a Python function that reverses a list.",
+        response="def rev(xs):\n    return xs[::-1]",
+    ),
+    reward_pb2.ScoreItem(
+        id="poem",
+        prompt="Write a short poem about the sea.",
+        response="Grey waves fold over and over, patient as breath.",
+    ),
+    reward_pb2.ScoreItem(
+        id="chat",
+        messages=[
+            tensor_pb2.Message(role="system", content="You are terse."),
+            tensor_pb2.Message(role="user", content="Fix this bug: for i in range(len(xs)) print(xs[i])"),
+        ],
+        response="for x in xs:\n    print(x)",
+    ),
 ]
 
 
@@ -90,13 +100,17 @@ def test_results_do_not_depend_on_batch_company(stub):
     """An item scores the same alone and batched with others (padding is masked)."""
     items = unique_items("company")
     together = stub.Score(reward_pb2.ScoreRequest(items=items), timeout=60)
-    alone = reward_pb2.ScoreRequest(items=[items[1]], policy="fixed", reward_model=f"dmoerm:{together.results[1].task}")
+    alone = reward_pb2.ScoreRequest(
+        items=[items[1]], policy="fixed", reward_model=f"dmoerm:{together.results[1].task}"
+    )
     single = stub.Score(alone, timeout=60)
     assert single.results[0].reward == pytest.approx(together.results[1].reward, abs=1e-5)
 
 
 def test_fixed_policy_uses_the_named_reward_model(stub):
-    reply = stub.Score(reward_pb2.ScoreRequest(items=unique_items("fixed"), reward_model="dmoerm:writing"), timeout=60)
+    reply = stub.Score(
+        reward_pb2.ScoreRequest(items=unique_items("fixed"), reward_model="dmoerm:writing"), timeout=60
+    )
     assert [r.task for r in reply.results] == ["writing"] * 3
     assert all(r.route_confidence == 1.0 for r in reply.results)
 
@@ -108,8 +122,11 @@ def test_health_and_reflection(cluster):
             status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=5).status
             assert status == health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(cluster.expert_address("code")) as channel:
-        status = health_pb2_grpc.HealthStub(channel).Check(
-            health_pb2.HealthCheckRequest(service="moerm.v1.ExpertService"), timeout=5).status
+        status = (
+            health_pb2_grpc.HealthStub(channel)
+            .Check(health_pb2.HealthCheckRequest(service="moerm.v1.ExpertService"), timeout=5)
+            .status
+        )
         assert status == health_pb2.HealthCheckResponse.SERVING
 
 
@@ -150,7 +167,9 @@ def test_cache_killed_mid_test_leaves_scoring_working(minilm_bundle):
             server.stop()  # the cache dies
             after = stub.Score(request, timeout=60)
             assert [r.cached for r in after.results] == [False] * 3
-            assert [r.reward for r in after.results] == pytest.approx([r.reward for r in first.results], abs=1e-6)
+            assert [r.reward for r in after.results] == pytest.approx(
+                [r.reward for r in first.results], abs=1e-6
+            )
             stats = running.router.router.cache.stats
             assert stats.errors >= 1
             # Still working while the cache is bypassed.

@@ -29,7 +29,9 @@ async def test_not_serving_until_loaded(minilm_bundle):
 
             await app.load()
             await app.server.set_serving(True)
-            after = await health.Check(health_pb2.HealthCheckRequest(service="moerm.v1.ExpertService"), timeout=5)
+            after = await health.Check(
+                health_pb2.HealthCheckRequest(service="moerm.v1.ExpertService"), timeout=5
+            )
             assert after.status == health_pb2.HealthCheckResponse.SERVING
             reply = await expert.ScoreBatch(request, timeout=30)
             assert list(reply.capabilities) == ["relevance", "fluency"]

@@ -35,7 +35,10 @@ def moerm_up(minilm_bundle, tmp_path_factory):
     logs = tmp_path_factory.mktemp("up-logs")
     process = subprocess.Popen(
         [str(BIN / "moerm"), "up", "--bundle", str(minilm_bundle), "--port", "0", "--log-dir", str(logs)],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     address, seen = None, []
     deadline = time.monotonic() + 300
@@ -70,8 +73,12 @@ def test_health_is_serving(moerm_up):
 
 
 def test_score_then_cached(moerm_up):
-    body = json.dumps({"items": [{"id": "g1", "prompt": "What is 2+2?", "response": "4 (grpcurl test)"}],
-                       "returnBreakdown": True})
+    body = json.dumps(
+        {
+            "items": [{"id": "g1", "prompt": "What is 2+2?", "response": "4 (grpcurl test)"}],
+            "returnBreakdown": True,
+        }
+    )
     first = json.loads(grpcurl("-d", body, moerm_up, "moerm.v1.RewardService/Score").stdout)
     second = json.loads(grpcurl("-d", body, moerm_up, "moerm.v1.RewardService/Score").stdout)
     assert first["results"][0]["id"] == "g1"

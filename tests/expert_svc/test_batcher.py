@@ -1,0 +1,157 @@
+"""DynamicBatcher: merging, ordering, splitting, back-pressure, failures, threads."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+
+import numpy as np
+import pytest
+
+from expert_svc.batcher import DynamicBatcher
+from moerm.errors import Internal, ResourceExhausted, Unavailable
+
+
+class Recorder:
+    """A batch function: item x -> (2x, [x, -x]); records every call."""
+
+    def __init__(self) -> None:
+        self.calls: list[list[int]] = []
+        self.threads: set[int] = set()
+        self.fail = False
+        self.gate: threading.Event | None = None
+        self.entered = threading.Event()
+
+    def __call__(self, items):
+        self.threads.add(threading.get_ident())
+        self.calls.append(list(items))
+        self.entered.set()
+        if self.gate is not None:
+            self.gate.wait(5)
+        if self.fail:
+            raise RuntimeError("model exploded")
+        x = np.asarray(items, dtype=np.float32)
+        return x * 2, np.stack([x, -x], axis=1)
+
+
+@pytest.fixture
+def fn() -> Recorder:
+    return Recorder()
+
+
+@pytest.fixture
+async def make(fn: Recorder) -> AsyncIterator[Callable[..., DynamicBatcher]]:
+    started: list[DynamicBatcher] = []
+
+    def factory(**kwargs) -> DynamicBatcher:
+        options = {"max_batch_size": 8, "max_delay_s": 0.05, "max_queue_items": 100, **kwargs}
+        batcher = DynamicBatcher(fn, **options)
+        batcher.start()
+        started.append(batcher)
+        return batcher
+
+    yield factory
+    if fn.gate is not None:
+        fn.gate.set()
+    for batcher in started:
+        await batcher.stop()
+
+
+def check(items, outputs) -> None:
+    doubled, pairs = outputs
+    x = np.asarray(items, dtype=np.float32)
+    np.testing.assert_array_equal(doubled, x * 2)
+    np.testing.assert_array_equal(pairs, np.stack([x, -x], axis=1))
+
+
+async def test_concurrent_submits_share_one_call(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=16, max_delay_s=0.2)
+    requests = [[1, 2], [3], [4, 5, 6]]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    assert len(fn.calls) == 1
+    assert fn.calls[0] == [1, 2, 3, 4, 5, 6]  # in submission order
+    for request, outputs in zip(requests, results, strict=True):
+        check(request, outputs)
+    assert (batcher.stats.batches, batcher.stats.items, batcher.stats.requests) == (1, 6, 3)
+
+
+async def test_results_stay_with_their_caller(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=64, max_delay_s=0.1)
+    requests = [list(range(10 * i, 10 * i + 1 + i % 4)) for i in range(12)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    for request, outputs in zip(requests, results, strict=True):
+        check(request, outputs)
+    assert len(fn.calls) < len(requests)
+
+
+async def test_large_request_is_split(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=4)
+    items = list(range(10))
+    check(items, await batcher.submit(items))
+    assert [len(c) for c in fn.calls] == [4, 4, 2]
+    assert [x for c in fn.calls for x in c] == items
+    assert batcher.stats.batches == 3
+
+
+async def test_batch_does_not_exceed_max_batch_size_across_callers(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=4, max_delay_s=0.1)
+    requests = [[i, i + 100] for i in range(6)]
+    results = await asyncio.gather(*(batcher.submit(r) for r in requests))
+    for request, outputs in zip(requests, results, strict=True):
+        check(request, outputs)
+    assert all(len(c) <= 4 for c in fn.calls)
+    assert sum(len(c) for c in fn.calls) == 12
+
+
+async def test_queue_limit(make, fn: Recorder) -> None:
+    batcher = make(max_queue_items=5)
+    with pytest.raises(ResourceExhausted, match="queue full"):
+        await batcher.submit(list(range(6)))
+    # Items in flight count against the limit until their batch finishes.
+    fn.gate = threading.Event()
+    first = asyncio.create_task(batcher.submit([1, 2, 3, 4]))
+    while not fn.entered.is_set():
+        await asyncio.sleep(0.005)
+    with pytest.raises(ResourceExhausted):
+        await batcher.submit([5, 6])
+    seventh = asyncio.create_task(batcher.submit([7]))  # fits: 4 + 1 items
+    await asyncio.sleep(0)
+    fn.gate.set()
+    check([7], await asyncio.wait_for(seventh, 5))
+    check([1, 2, 3, 4], await first)
+    assert batcher.stats.rejected == 2
+    check([1, 2, 3, 4, 5], await batcher.submit([1, 2, 3, 4, 5]))  # the limit is freed again
+
+
+async def test_failure_reaches_every_caller_and_batcher_recovers(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=16, max_delay_s=0.1)
+    fn.fail = True
+    results = await asyncio.gather(batcher.submit([1]), batcher.submit([2, 3]), return_exceptions=True)
+    assert len(fn.calls) == 1
+    assert all(isinstance(r, Internal) for r in results), results
+    assert "RuntimeError" in str(results[0])
+    fn.fail = False
+    check([4, 5], await batcher.submit([4, 5]))
+    assert len(fn.calls) == 2
+
+
+async def test_fn_runs_off_the_event_loop_thread(make, fn: Recorder) -> None:
+    batcher = make()
+    await batcher.submit([1])
+    await batcher.submit([2])
+    assert fn.threads
+    assert threading.get_ident() not in fn.threads
+    assert len(fn.threads) == 1  # one dedicated worker thread
+
+
+async def test_submit_needs_a_running_batcher(fn: Recorder) -> None:
+    batcher = DynamicBatcher(fn, max_batch_size=4, max_delay_s=0.01, max_queue_items=10)
+    with pytest.raises(Unavailable, match="not running"):
+        await batcher.submit([1])
+    batcher.start()
+    check([1], await batcher.submit([1]))
+    await batcher.stop()
+    with pytest.raises(Unavailable):
+        await batcher.submit([1])
+    assert len(fn.calls) == 1

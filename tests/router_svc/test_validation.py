@@ -1,0 +1,161 @@
+"""parse_request: every bad input is an InvalidArgument naming its field."""
+
+from __future__ import annotations
+
+import pytest
+
+from moerm.errors import InvalidArgument
+from moerm.text import Turn
+from moerm.v1 import reward_pb2, tensor_pb2
+from router_svc.validation import parse_request
+
+MAX_ITEMS = 4
+MAX_CHARS = 50
+POLICIES = ("task", "fixed")
+REWARD_MODELS = ("dmoerm:code", "dmoerm:writing")
+
+
+def parse(request: reward_pb2.ScoreRequest):
+    return parse_request(
+        request,
+        max_items=MAX_ITEMS,
+        max_text_chars=MAX_CHARS,
+        default_policy="task",
+        policies=POLICIES,
+        reward_models=REWARD_MODELS,
+    )
+
+
+def item(**fields) -> reward_pb2.ScoreItem:
+    fields.setdefault("response", "ok")
+    if "messages" in fields:
+        fields["messages"] = [tensor_pb2.Message(role=r, content=c) for r, c in fields["messages"]]
+    return reward_pb2.ScoreItem(**fields)
+
+
+def request(*items: reward_pb2.ScoreItem, **options) -> reward_pb2.ScoreRequest:
+    return reward_pb2.ScoreRequest(items=list(items), **options)
+
+
+def fields_of(req: reward_pb2.ScoreRequest) -> list[str]:
+    with pytest.raises(InvalidArgument) as caught:
+        parse(req)
+    error = caught.value
+    assert error.code.name == "INVALID_ARGUMENT"
+    assert error.violations and all(v.description for v in error.violations)
+    return [v.field for v in error.violations]
+
+
+GOOD = item(prompt="hi")
+LONG = "x" * (MAX_CHARS + 1)
+
+
+@pytest.mark.parametrize(
+    ("req", "expected"),
+    [
+        (request(), ["items"]),
+        (request(*[GOOD] * (MAX_ITEMS + 1)), ["items"]),
+        (request(GOOD, item(response="only a response")), ["items[1].prompt"]),
+        (request(item(prompt="p", messages=[("user", "m")])), ["items[0].prompt"]),
+        (request(item(prompt="   \n ")), ["items[0].prompt"]),
+        (request(GOOD, GOOD, item(prompt="p", response="")), ["items[2].response"]),
+        (request(item(prompt="p", response=" \r\n\t ")), ["items[0].response"]),
+        (request(item(prompt=LONG)), ["items[0].prompt"]),
+        (request(GOOD, item(messages=[("user", LONG)])), ["items[1].messages[0].content"]),
+        (
+            request(item(messages=[("system", "s"), ("user", "u"), ("assistant", LONG)])),
+            ["items[0].messages[2].content"],
+        ),
+        (request(item(prompt="p", response=LONG)), ["items[0].response"]),
+        (request(item(messages=[("user", "u"), ("robot", "beep")])), ["items[0].messages[1].role"]),
+        (request(item(messages=[("", "u")])), ["items[0].messages[0].role"]),
+        (request(item(messages=[("system", " "), ("user", "")])), ["items[0].messages"]),
+        (request(GOOD, policy="bandit"), ["policy"]),
+        (request(GOOD, reward_model="dmoerm:exam"), ["reward_model"]),
+        (request(GOOD, policy="fixed"), ["reward_model"]),
+        (request(GOOD, policy="task", reward_model="dmoerm:code"), ["reward_model"]),
+    ],
+    ids=[
+        "no-items",
+        "too-many-items",
+        "no-prompt-or-messages",
+        "prompt-and-messages",
+        "blank-prompt",
+        "empty-response",
+        "blank-response",
+        "long-prompt",
+        "long-message",
+        "long-later-message",
+        "long-response",
+        "unknown-role",
+        "empty-role",
+        "blank-messages",
+        "unknown-policy",
+        "unknown-reward-model",
+        "fixed-without-model",
+        "model-without-fixed",
+    ],
+)
+def test_bad_input_names_its_field(req: reward_pb2.ScoreRequest, expected: list[str]) -> None:
+    assert fields_of(req) == expected
+
+
+def test_text_at_the_limit_is_accepted() -> None:
+    call = parse(request(item(prompt="x" * MAX_CHARS, response="y" * MAX_CHARS)))
+    assert call.items[0].response == "y" * MAX_CHARS
+    assert len(parse(request(*[GOOD] * MAX_ITEMS)).items) == MAX_ITEMS
+
+
+def test_all_problems_are_reported_at_once() -> None:
+    req = request(
+        GOOD,
+        item(messages=[("user", "fine"), ("wizard", LONG)], response=""),
+        item(response="no prompt"),
+        item(prompt="p", response=LONG),
+        policy="nope",
+    )
+    assert sorted(fields_of(req)) == sorted(
+        [
+            "policy",
+            "items[1].messages[1].role",
+            "items[1].messages[1].content",
+            "items[1].response",
+            "items[2].prompt",
+            "items[3].response",
+        ]
+    )
+    with pytest.raises(InvalidArgument) as caught:
+        parse(req)
+    message = str(caught.value)
+    assert "items[1].messages[1].role" in message and "'wizard'" in message
+
+
+def test_good_request_is_normalized() -> None:
+    req = request(
+        item(id="a", prompt="  Hello\r\nworld  ", response="\tAnswer\r\n"),
+        item(id="b", messages=[("system", "Be brief.\r"), ("user", " Q?\r\n")], response="A."),
+        return_breakdown=True,
+    )
+    call = parse(req)
+    assert (call.policy, call.reward_model, call.breakdown) == ("task", "", True)
+    first, second = call.items
+    assert first.id == "a"
+    assert first.turns == (Turn("user", "Hello\nworld"),)
+    assert first.response == "Answer"
+    assert second.id == "b"
+    assert second.turns == (Turn("system", "Be brief."), Turn("user", "Q?"))
+    assert second.response == "A."
+
+
+def test_unicode_is_nfc_normalized() -> None:
+    call = parse(request(item(prompt="cafe\u0301", response="e\u0301")))
+    assert call.items[0].turns[0].content == "caf\u00e9"
+    assert call.items[0].response == "\u00e9"
+
+
+def test_policy_resolution() -> None:
+    assert parse(request(GOOD)).policy == "task"
+    call = parse(request(GOOD, reward_model="dmoerm:writing"))  # a reward model implies "fixed"
+    assert (call.policy, call.reward_model) == ("fixed", "dmoerm:writing")
+    call = parse(request(GOOD, policy="fixed", reward_model="dmoerm:code"))
+    assert (call.policy, call.reward_model) == ("fixed", "dmoerm:code")
