@@ -175,3 +175,28 @@ async def test_valid_json_of_another_shape_is_a_miss(redis_url):
     finally:
         await raw.aclose()
         await cache.close()
+
+
+async def test_a_slow_cache_is_bypassed_within_its_timeout():
+    """A server that accepts connections but never answers (a hung Redis)."""
+    import socket
+    import time
+
+    from moerm.cache import ScoreCache
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        port = listener.getsockname()[1]
+        cache = ScoreCache(f"redis://127.0.0.1:{port}/0", timeout_s=0.2, backoff_s=30)
+        try:
+            started = time.monotonic()
+            assert await cache.get_many(["a", "b"]) == [None, None]
+            await cache.set_many({"a": {"r": 1.0}})  # bypassed during the backoff
+            elapsed = time.monotonic() - started
+        finally:
+            await cache.close()
+    assert elapsed < 2.0
+    assert cache.stats.errors == 1
+    assert cache.stats.bypassed == 1
+    assert cache.stats.writes == 0
