@@ -31,8 +31,10 @@ install-dev: $(VENV)/.installed-dev
 demo: install
 	$(VENV)/bin/moerm demo
 
-# The whole suite (what CI runs). `make test-fast` skips the slow tier.
+# Lint, then the whole suite (what CI runs). `make test-fast` skips the slow tier.
 test: install-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
 
 test-fast: install-dev
