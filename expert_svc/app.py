@@ -29,7 +29,7 @@ class ExpertApp:
 
     async def start(self) -> None:
         """Start serving and load the model; health turns SERVING after."""
-        await self.server.server.start()
+        await self.server.start()
         await self.load()
         await self.server.set_serving(True)
 

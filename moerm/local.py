@@ -60,7 +60,7 @@ class LocalCluster:
 
         bundle = Bundle.load(self.bundle_dir)
         self.aggregator = build_aggregator(AggregatorConfig(bundle=self.bundle_dir))
-        await self.aggregator.server.start()
+        await self.aggregator.start()
         for task in bundle.manifest.tasks:
             config = replace(ExpertConfig(bundle=self.bundle_dir, task=task), **self.expert_overrides)
             app = build_expert(config)

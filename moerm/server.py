@@ -39,6 +39,13 @@ class Server:
     port: int
     health: HealthServicer
     service_names: tuple[str, ...]
+    initially_serving: bool = True
+
+    async def start(self) -> None:
+        """Set the initial health status, then start accepting calls (so an
+        expert never answers SERVING before its model is loaded)."""
+        await self.set_serving(self.initially_serving)
+        await self.server.start()
 
     async def set_serving(self, serving: bool) -> None:
         status = SERVING if serving else NOT_SERVING
@@ -73,12 +80,7 @@ def create_server(
     bound = server.add_insecure_port(f"{host}:{port}")
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
-    handle = Server(server=server, port=bound, health=health, service_names=names)
-    status = SERVING if serving else NOT_SERVING
-    for name in ("", *names):
-        # HealthServicer.set is a coroutine; seed the table directly before start.
-        health._server_status[name] = status
-    return handle
+    return Server(server=server, port=bound, health=health, service_names=names, initially_serving=serving)
 
 
 async def run_until_signalled(
@@ -96,7 +98,7 @@ async def run_until_signalled(
     (so load balancers stop sending new calls), then ``server.stop(grace_s)``
     lets running calls finish.
     """
-    await handle.server.start()
+    await handle.start()
     if port_file:
         tmp = Path(port_file).with_suffix(".tmp")
         tmp.write_text(str(handle.port))

@@ -31,7 +31,7 @@ class RouterApp:
         await asyncio.to_thread(self.router.classifier.load)
 
     async def start(self) -> None:
-        await self.server.server.start()
+        await self.server.start()
         await self.load()
         await self.server.set_serving(True)
 

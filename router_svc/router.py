@@ -88,7 +88,7 @@ class Router:
         endpoints = config.expert_endpoints
         missing = sorted(set(bundle.manifest.tasks) - set(endpoints))
         if missing:
-            raise SystemExit(f"router_svc: no expert address for tasks {missing}")
+            raise ValueError(f"router_svc: no expert address for tasks {missing} (--experts TASK=HOST:PORT)")
         self._channels = {
             task: grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
             for task, address in endpoints.items()

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.integration
 
 async def test_not_serving_until_loaded(minilm_bundle):
     app = build_expert(ExpertConfig(bundle=str(minilm_bundle), task="writing"))
-    await app.server.server.start()
+    await app.server.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
             health = health_pb2_grpc.HealthStub(channel)
