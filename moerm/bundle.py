@@ -62,6 +62,10 @@ class TaskSpec:
     # Reward normalization on a reference set: reward = (raw - mean) / std.
     norm_mean: float = 0.0
     norm_std: float = 1.0
+    # Phase 1's task base reward model: a task-level LoRA adapter (merged into
+    # the backbone at load, so no full backbone copy per task) and its head.
+    # None for an untrained bundle.
+    base_lora: LoraSpec | None = None
 
     @property
     def capability_names(self) -> tuple[str, ...]:
@@ -77,6 +81,15 @@ class TaskSpec:
     @property
     def aggregator_file(self) -> str:
         return f"tasks/{self.name}/aggregator.safetensors"
+
+    @property
+    def base_dir(self) -> str:
+        """peft adapter of the task base model (only with ``base_lora``)."""
+        return f"tasks/{self.name}/base"
+
+    @property
+    def base_head_file(self) -> str:
+        return f"tasks/{self.name}/base/head.safetensors"
 
 
 @dataclass(frozen=True)
@@ -152,6 +165,12 @@ def _parse_manifest(raw: dict[str, Any], source: Path) -> Manifest:
             lora = dict(spec["lora"])
             lora["target_modules"] = tuple(lora["target_modules"])
             lora["layers"] = tuple(lora["layers"])
+            base_lora = None
+            if spec.get("base_lora"):
+                base_raw = dict(spec["base_lora"])
+                base_raw["target_modules"] = tuple(base_raw["target_modules"])
+                base_raw["layers"] = tuple(base_raw["layers"])
+                base_lora = LoraSpec(**base_raw)
             tasks[name] = TaskSpec(
                 name=spec["name"],
                 capabilities=tuple(Capability(**c) for c in spec["capabilities"]),
@@ -159,6 +178,7 @@ def _parse_manifest(raw: dict[str, Any], source: Path) -> Manifest:
                 aggregator_hidden=spec["aggregator_hidden"],
                 norm_mean=spec.get("norm_mean", 0.0),
                 norm_std=spec.get("norm_std", 1.0),
+                base_lora=base_lora,
             )
         return Manifest(
             backbone=backbone,
@@ -213,6 +233,12 @@ def expected_files(manifest: Manifest) -> list[str]:
             files += [
                 f"{task.expert_dir(cap)}/adapter_config.json",
                 f"{task.expert_dir(cap)}/adapter_model.safetensors",
+            ]
+        if task.base_lora is not None:
+            files += [
+                f"{task.base_dir}/adapter_config.json",
+                f"{task.base_dir}/adapter_model.safetensors",
+                task.base_head_file,
             ]
     return files
 

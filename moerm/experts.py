@@ -199,12 +199,11 @@ def load_task_experts(bundle, task: str):
     """
     from peft import PeftModel
 
-    from moerm.backbones import load_backbone
     from moerm.errors import BundleError
 
     manifest = bundle.manifest
     spec = manifest.task(task)
-    backbone, tokenizer = load_backbone(manifest.backbone.ref)
+    backbone, tokenizer = load_task_backbone(bundle, task)
     caps = spec.capability_names
     model = None
     for cap in caps:
@@ -224,3 +223,59 @@ def load_task_experts(bundle, task: str):
     )
     experts.eval()
     return experts, tokenizer
+
+
+class RewardModel(nn.Module):
+    """A backbone (possibly peft-wrapped) with one scalar head: a plain reward model.
+
+    Shape: input_ids, attention_mask (B, T) -> rewards (B,) float32.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear, pooling: str):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
+
+
+def load_task_backbone(bundle, task: str):
+    """(backbone, tokenizer) of one task: the bundle's backbone with the task's
+    phase-1 adapter merged into it when the bundle has one."""
+    from peft import PeftModel
+
+    from moerm.backbones import load_backbone
+    from moerm.errors import BundleError
+
+    spec = bundle.manifest.task(task)
+    backbone, tokenizer = load_backbone(bundle.manifest.backbone.ref)
+    if spec.base_lora is not None:
+        folder = bundle.path(spec.base_dir)
+        try:
+            backbone = PeftModel.from_pretrained(
+                backbone, str(folder), adapter_name="base"
+            ).merge_and_unload()
+        except Exception as error:
+            raise BundleError(
+                f"{folder}: cannot load the task base adapter ({type(error).__name__}: {error})"
+            ) from None
+    return backbone, tokenizer
+
+
+def load_task_base_model(bundle, task: str):
+    """(RewardModel, tokenizer): phase 1's task base reward model alone."""
+    from moerm.errors import BundleError
+
+    spec = bundle.manifest.task(task)
+    if spec.base_lora is None:
+        raise BundleError(f"{bundle.root}: task {task!r} has no base model (untrained bundle)")
+    backbone, tokenizer = load_task_backbone(bundle, task)
+    head = load_heads(bundle.path(spec.base_head_file), ["base"], bundle.manifest.backbone.hidden_size)[
+        "base"
+    ]
+    model = RewardModel(backbone, head, bundle.manifest.backbone.pooling)
+    model.eval()
+    return model, tokenizer

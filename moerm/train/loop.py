@@ -1,0 +1,242 @@
+"""Components shared by the training phases.
+
+Every phase trains with the Bradley-Terry pairwise loss
+``-log sigmoid(r_chosen - r_rejected)``, averaged over the pairs of a batch;
+a pair whose data marks ``chosen`` as better pushes ``r_chosen`` up.
+
+Checkpoints are safetensors (trainable parameters and AdamW state) plus a
+JSON file (epoch, step, RNG seed stream position); no pickle. A run that
+finds a checkpoint of the same name resumes after its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from moerm.text import Turn, render
+
+log = logging.getLogger(__name__)
+
+
+def bradley_terry_loss(chosen: torch.Tensor, rejected: torch.Tensor) -> torch.Tensor:
+    """Mean of ``-log sigmoid(chosen - rejected)``. Shape: (N,), (N,) -> ()."""
+    return -nn.functional.logsigmoid(chosen - rejected).mean()
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    epochs: int = 2
+    batch_size: int = 8  # pairs per step (2x sequences)
+    lr: float = 2e-4
+    weight_decay: float = 0.0
+    max_length: int = 256
+    seed: int = 0
+    max_pairs: int = 0  # 0: all; else a seeded subsample (quick runs)
+    log_every: int = 10
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """One training example: a conversation, two responses, which is better."""
+
+    turns: tuple[Turn, ...]
+    better: str
+    worse: str
+
+
+@dataclass
+class Curve:
+    name: str
+    steps: list[int] = field(default_factory=list)
+    losses: list[float] = field(default_factory=list)
+    epochs: list[dict] = field(default_factory=list)  # {"epoch", "train_loss", "val_accuracy", "seconds"}
+    seconds: float = 0.0
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class PairTokenizer:
+    """Renders and tokenizes both sides of comparisons into one padded batch.
+
+    Shape: ``__call__(batch of N)`` -> input_ids, attention_mask (2N, T): the
+    better responses first, then the worse ones.
+    """
+
+    def __init__(self, tokenizer, max_length: int):
+        self.tokenizer = tokenizer
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"  # keep the response
+        self.max_length = max_length
+
+    def texts(self, turns: Sequence[Turn], response: str) -> str:
+        return render(self.tokenizer, turns, response)
+
+    def encode(self, texts: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(
+            list(texts), truncation=True, max_length=self.max_length, padding=True, return_tensors="pt"
+        )
+        return batch["input_ids"], batch["attention_mask"]
+
+    def __call__(self, batch: Sequence[Comparison]) -> tuple[torch.Tensor, torch.Tensor]:
+        texts = [self.texts(c.turns, c.better) for c in batch] + [self.texts(c.turns, c.worse) for c in batch]
+        return self.encode(texts)
+
+
+def subsample(items: list, limit: int, seed: int) -> list:
+    if not limit or len(items) <= limit:
+        return items
+    rng = random.Random(seed)
+    return rng.sample(items, limit)
+
+
+def _save_checkpoint(path: Path, params: dict[str, nn.Parameter], optimizer, state: dict) -> None:
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    save_file({n: p.detach().contiguous().cpu() for n, p in params.items()}, str(path / "params.safetensors"))
+    opt = {}
+    for name, param in params.items():
+        slot = optimizer.state.get(param, {})
+        for key, value in slot.items():
+            opt[f"{name}::{key}"] = torch.as_tensor(value).detach().contiguous().cpu()
+    save_file(opt or {"_empty": torch.zeros(1)}, str(path / "optimizer.safetensors"))
+    (path / "state.json").write_text(json.dumps(state, indent=2))
+
+
+def _load_checkpoint(path: Path, params: dict[str, nn.Parameter], optimizer) -> dict | None:
+    from safetensors.torch import load_file
+
+    if not (path / "state.json").is_file():
+        return None
+    saved = load_file(str(path / "params.safetensors"))
+    with torch.no_grad():
+        for name, param in params.items():
+            param.copy_(saved[name])
+    opt = load_file(str(path / "optimizer.safetensors"))
+    for name, param in params.items():
+        slot = {key.split("::", 1)[1]: value for key, value in opt.items() if key.split("::", 1)[0] == name}
+        if slot:
+            optimizer.state[param] = slot
+    return json.loads((path / "state.json").read_text())
+
+
+def pairwise_accuracy(
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    encoder: PairTokenizer,
+    comparisons: Sequence[Comparison],
+    batch_size: int = 16,
+) -> float:
+    """Fraction of comparisons where the better response scores strictly higher."""
+    if not comparisons:
+        return float("nan")
+    correct = 0
+    with torch.inference_mode():
+        for start in range(0, len(comparisons), batch_size):
+            chunk = comparisons[start : start + batch_size]
+            ids, mask = encoder(chunk)
+            rewards = score(ids, mask)
+            n = len(chunk)
+            correct += int((rewards[:n] > rewards[n:]).sum())
+    return correct / len(comparisons)
+
+
+def train_comparisons(
+    name: str,
+    model: nn.Module,
+    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    encoder: PairTokenizer,
+    train: Sequence[Comparison],
+    validation: Sequence[Comparison],
+    settings: TrainSettings,
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
+) -> Curve:
+    """Bradley-Terry training of ``model``'s trainable parameters.
+
+    ``score(input_ids, attention_mask) -> (2N,)`` rewards. Deterministic for a
+    given seed; resumes from ``checkpoint_dir/name`` after its last epoch.
+    """
+    from tqdm.auto import tqdm
+
+    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    if not params:
+        raise ValueError(f"{name}: nothing to train")
+    optimizer = torch.optim.AdamW(params.values(), lr=settings.lr, weight_decay=settings.weight_decay)
+    curve = Curve(name)
+    start_epoch = 0
+    ckpt = checkpoint_dir / name if checkpoint_dir else None
+    if ckpt is not None:
+        state = _load_checkpoint(ckpt, params, optimizer)
+        if state is not None:
+            start_epoch = state["epoch"] + 1
+            curve = Curve(**state["curve"])
+            log.info("%s: resuming after epoch %d", name, state["epoch"])
+    train = list(train)
+    step = curve.steps[-1] if curve.steps else 0
+    for epoch in range(start_epoch, settings.epochs):
+        started = time.perf_counter()
+        order = list(range(len(train)))
+        random.Random(settings.seed * 1000 + epoch).shuffle(order)
+        # Dropout stays off (eval mode) so that a resumed run matches an
+        # uninterrupted one exactly; LoRA dropout is 0 as well.
+        losses = []
+        batches = range(0, len(order), settings.batch_size)
+        bar = tqdm(
+            batches, desc=f"{name} epoch {epoch + 1}/{settings.epochs}", disable=not progress, leave=False
+        )
+        for begin in bar:
+            chunk = [train[i] for i in order[begin : begin + settings.batch_size]]
+            ids, mask = encoder(chunk)
+            rewards = score(ids, mask)
+            n = len(chunk)
+            loss = bradley_terry_loss(rewards[:n], rewards[n:])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            step += 1
+            losses.append(float(loss))
+            if step % settings.log_every == 0:
+                curve.steps.append(step)
+                curve.losses.append(float(np.mean(losses[-settings.log_every :])))
+                bar.set_postfix(loss=f"{curve.losses[-1]:.4f}")
+        val = pairwise_accuracy(score, encoder, validation) if validation else float("nan")
+        seconds = time.perf_counter() - started
+        curve.seconds += seconds
+        curve.epochs.append(
+            {
+                "epoch": epoch + 1,
+                "train_loss": float(np.mean(losses)) if losses else math.nan,
+                "val_accuracy": val,
+                "seconds": seconds,
+            }
+        )
+        log.info(
+            "%s epoch %d: loss %.4f, val acc %.3f, %.0fs",
+            name,
+            epoch + 1,
+            curve.epochs[-1]["train_loss"],
+            val,
+            seconds,
+        )
+        if ckpt is not None:
+            _save_checkpoint(ckpt, params, optimizer, {"epoch": epoch, "curve": curve.to_json()})
+    model.eval()
+    return curve
