@@ -86,7 +86,7 @@ def train_aggregator(
                 acc = float((mlp((val_better - mu) / sigma) > mlp((val_worse - mu) / sigma)).float().mean())
             else:
                 acc = float("nan")
-        history["train_loss"].append(float(loss))
+        history["train_loss"].append(loss.item())
         history["val_accuracy"].append(acc)
         score = acc if acc == acc else -float(loss)  # no validation: keep the last (lowest loss)
         if score >= best[0]:

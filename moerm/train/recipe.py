@@ -1,8 +1,19 @@
-"""The whole DMoERM recipe into a bundle: router classifier, then per task
-phase 1 (base model), phase 2 (capability experts), phase 3 (aggregator).
+"""The whole DMoERM recipe, one step per phase over a work directory:
 
-Inputs are already split (see :mod:`moerm.data.splits`); the test split is
-never seen here. Wall time of every phase is recorded in the bundle notes.
+``router`` (prompt -> task classifier), ``phase1`` (task base models),
+``phase2`` (capability experts), ``phase3`` (aggregators), then ``assemble``
+writes the bundle. Each step reads what the previous ones wrote::
+
+    WORK/run.json                       settings, wall time and curves of every step
+    WORK/router/classifier.safetensors
+    WORK/tasks/<task>/base/             phase 1: peft adapter + head.safetensors
+    WORK/tasks/<task>/experts/<cap>/    phase 2: peft adapters
+    WORK/tasks/<task>/heads.safetensors
+    WORK/tasks/<task>/aggregator.safetensors + norm.json   phase 3
+    WORK/checkpoints/                   resumable training state
+
+Inputs are already split (:mod:`moerm.data.splits`); the test split is never
+seen here.
 """
 
 from __future__ import annotations
@@ -13,16 +24,18 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
 
-from moerm.bundle import BackboneSpec, Bundle, Capability, Manifest, RouterSpec, TaskSpec, seal
+from moerm.bundle import BackboneSpec, Bundle, Capability, LoraSpec, Manifest, RouterSpec, TaskSpec, seal
 from moerm.data.records import ClassifierExample, PreferencePair
 from moerm.train.loop import Comparison, TrainSettings
 
 log = logging.getLogger(__name__)
+
+STEPS = ("router", "phase1", "phase2", "phase3")
 
 
 @dataclass(frozen=True)
@@ -43,7 +56,11 @@ class RecipeInputs:
     classifier_validation: list[ClassifierExample]
     capabilities: dict[str, tuple[Capability, ...]]
     labels: list[Label]
-    task_descriptions: dict[str, str] = field(default_factory=dict)
+    description: str = ""  # where the data came from, for the report
+
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(sorted(self.capabilities))
 
 
 @dataclass(frozen=True)
@@ -61,13 +78,12 @@ class RecipeSettings:
     min_labels: int = 8
     seed: int = 0
 
-
-@dataclass
-class RecipeReport:
-    timings: dict[str, float] = field(default_factory=dict)  # phase -> seconds
-    curves: dict[str, dict] = field(default_factory=dict)
-    labels: dict[str, dict[str, int]] = field(default_factory=dict)  # task -> capability -> labels used
-    router_val_accuracy: float = float("nan")
+    @classmethod
+    def from_json(cls, raw: dict) -> RecipeSettings:
+        raw = dict(raw)
+        raw["phase1"] = TrainSettings(**raw["phase1"])
+        raw["phase2"] = TrainSettings(**raw["phase2"])
+        return cls(**raw)
 
 
 def comparisons(pairs: list[PreferencePair]) -> list[Comparison]:
@@ -89,10 +105,309 @@ def capability_comparisons(
     return out
 
 
-def _embed(embedder, examples: list[ClassifierExample]) -> np.ndarray:
-    from moerm.train.router import prompt_text
+class Recipe:
+    """The recipe's steps over one work directory."""
 
-    return embedder.embed([prompt_text(e.text) for e in examples])
+    def __init__(
+        self, work: str | Path, inputs: RecipeInputs, settings: RecipeSettings, *, progress: bool = True
+    ):
+        from moerm.backbones import describe
+
+        self.work = Path(work)
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.inputs = inputs
+        self.settings = settings
+        self.progress = progress
+        self.info = describe(settings.backbone)
+        self.run_file = self.work / "run.json"
+        self.state = json.loads(self.run_file.read_text()) if self.run_file.is_file() else {}
+        saved = self.state.get("settings")
+        if saved is not None and RecipeSettings.from_json(saved) != settings:
+            raise ValueError(f"{self.run_file}: the work directory was started with other settings: {saved}")
+        self.state.update(settings=asdict(settings), data=inputs.description)
+        self.state.setdefault("timings_s", {})
+        self.state.setdefault("curves", {})
+        self.state.setdefault("labels", {})
+        self._save()
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.work / "checkpoints"
+
+    def task_dir(self, task: str) -> Path:
+        return self.work / "tasks" / task
+
+    def _save(self) -> None:
+        tmp = self.run_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=2, default=str))
+        tmp.replace(self.run_file)
+
+    def _record(self, key: str, seconds: float, curve=None) -> None:
+        self.state["timings_s"][key] = seconds
+        if curve is not None:
+            self.state["curves"][key] = curve
+        self._save()
+
+    def _require(self, path: Path, step: str) -> None:
+        if not path.exists():
+            raise FileNotFoundError(f"{path} missing: run `moerm train {step}` first")
+
+    # -- steps ---------------------------------------------------------------
+
+    def router(self) -> None:
+        from safetensors.numpy import save_file
+
+        from moerm.embed import PromptEmbedder
+        from moerm.train.router import prompt_text, train_router
+
+        started = time.perf_counter()
+        tasks = self.inputs.tasks
+        index = {t: i for i, t in enumerate(tasks)}
+        embedder = PromptEmbedder(self.settings.router_embedder)
+        train = [e for e in self.inputs.classifier_train if e.task in index]
+        val = [e for e in self.inputs.classifier_validation if e.task in index]
+        result = train_router(
+            embedder.embed([prompt_text(e.text) for e in train]),
+            np.array([index[e.task] for e in train]),
+            embedder.embed([prompt_text(e.text) for e in val]),
+            np.array([index[e.task] for e in val]),
+            tasks,
+            epochs=self.settings.router_epochs,
+            seed=self.settings.seed,
+        )
+        (self.work / "router").mkdir(exist_ok=True)
+        save_file(
+            {"weight": result.weight.astype(np.float32), "bias": result.bias.astype(np.float32)},
+            str(self.work / "router" / "classifier.safetensors"),
+        )
+        self.state["router"] = {
+            "tasks": list(tasks),
+            "embed_dim": embedder.dim,
+            "val_accuracy": result.val_accuracy,
+            "val_n": len(val),
+        }
+        self._record("router", time.perf_counter() - started, result.history)
+
+    def phase1(self, tasks: tuple[str, ...] | None = None) -> None:
+        from moerm.train.phase1 import train_base_model
+
+        for task in tasks or self.inputs.tasks:
+            started = time.perf_counter()
+            train = comparisons([p for p in self.inputs.train if p.task == task])
+            val = comparisons([p for p in self.inputs.validation if p.task == task])
+            result = train_base_model(
+                f"phase1-{task}",
+                self.settings.backbone,
+                train,
+                val,
+                self.settings.phase1,
+                r=self.settings.base_r,
+                pooling=self.info["pooling"],
+                out_dir=self.task_dir(task),
+                checkpoint_dir=self.checkpoints,
+                progress=self.progress,
+            )
+            self.state.setdefault("base_lora", {})[task] = asdict(result.spec)
+            self._record(f"phase1/{task}", time.perf_counter() - started, result.curve.to_json())
+
+    def _task_backbone(self, task: str):
+        from peft import PeftModel
+
+        from moerm.backbones import load_backbone
+        from moerm.experts import load_heads
+
+        base_dir = self.task_dir(task) / "base"
+        self._require(base_dir / "adapter_model.safetensors", "phase1")
+        backbone, tokenizer = load_backbone(self.settings.backbone)
+        backbone = PeftModel.from_pretrained(backbone, str(base_dir), adapter_name="base").merge_and_unload()
+        head = load_heads(base_dir / "head.safetensors", ["base"], self.info["hidden_size"])["base"]
+        return backbone, tokenizer, head
+
+    def expert_spec(self, backbone) -> LoraSpec:
+        from moerm.bundle_build import top_layers
+        from moerm.train.models import lora_spec
+
+        return lora_spec(
+            backbone,
+            self.settings.expert_r,
+            top_layers(self.info["num_layers"], self.settings.expert_fraction),
+        )
+
+    def phase2(self, tasks: tuple[str, ...] | None = None) -> None:
+        from moerm.train.phase2 import train_experts
+
+        for task in tasks or self.inputs.tasks:
+            started = time.perf_counter()
+            backbone, tokenizer, base_head = self._task_backbone(task)
+            caps = tuple(c.name for c in self.inputs.capabilities[task])
+            result = train_experts(
+                task,
+                backbone,
+                tokenizer,
+                base_head,
+                caps,
+                self.expert_spec(backbone),
+                capability_comparisons(self.inputs.train, self.inputs.labels, task),
+                capability_comparisons(self.inputs.validation, self.inputs.labels, task),
+                self.settings.phase2,
+                pooling=self.info["pooling"],
+                backbone_ref=self.settings.backbone,
+                out_dir=self.task_dir(task),
+                min_labels=self.settings.min_labels,
+                checkpoint_dir=self.checkpoints,
+                progress=self.progress,
+            )
+            self.state["labels"][task] = {"used": result.labels, "trained": result.trained}
+            self._record(
+                f"phase2/{task}",
+                time.perf_counter() - started,
+                {cap: curve.to_json() for cap, curve in result.curves.items()},
+            )
+
+    def load_experts(self, task: str):
+        """(CapabilityExperts, tokenizer) of a task from the work directory's files."""
+        import torch
+        from peft import PeftModel
+
+        from moerm.experts import CapabilityExperts, load_heads
+
+        backbone, tokenizer, _ = self._task_backbone(task)
+        caps = tuple(c.name for c in self.inputs.capabilities[task])
+        self._require(self.task_dir(task) / "heads.safetensors", "phase2")
+        model = None
+        for cap in caps:
+            folder = str(self.task_dir(task) / "experts" / cap)
+            if model is None:
+                model = PeftModel.from_pretrained(backbone, folder, adapter_name=cap)
+            else:
+                model.load_adapter(folder, adapter_name=cap)
+        heads = load_heads(self.task_dir(task) / "heads.safetensors", caps, self.info["hidden_size"])
+        spec = self.expert_spec(backbone)
+        experts = CapabilityExperts(
+            model,
+            torch.nn.ModuleDict(heads),
+            caps,
+            spec.layers,
+            self.info["num_layers"],
+            self.info["pooling"],
+        ).eval()
+        return experts, tokenizer
+
+    def phase3(self, tasks: tuple[str, ...] | None = None) -> None:
+        from safetensors.numpy import save_file
+
+        from moerm.train.loop import PairTokenizer
+        from moerm.train.phase3 import expert_features, train_aggregator
+
+        for task in tasks or self.inputs.tasks:
+            started = time.perf_counter()
+            experts, tokenizer = self.load_experts(task)
+            encoder = PairTokenizer(tokenizer, self.settings.phase1.max_length)
+            train = comparisons([p for p in self.inputs.train if p.task == task])
+            val = comparisons([p for p in self.inputs.validation if p.task == task])
+            result = train_aggregator(
+                expert_features(experts, encoder, train),
+                expert_features(experts, encoder, val),
+                width=self.settings.aggregator_width,
+                epochs=self.settings.aggregator_epochs,
+                seed=self.settings.seed,
+            )
+            save_file(result.tensors, str(self.task_dir(task) / "aggregator.safetensors"))
+            (self.task_dir(task) / "norm.json").write_text(
+                json.dumps({"mean": result.norm_mean, "std": result.norm_std})
+            )
+            self._record(f"phase3/{task}", time.perf_counter() - started, result.curve)
+
+    def all(self) -> None:
+        self.router()
+        self.phase1()
+        self.phase2()
+        self.phase3()
+
+    def assemble(self, out: str | Path) -> Bundle:
+        """Copy the trained weights into a sealed bundle at ``out``."""
+        out = Path(out)
+        if out.exists():
+            raise FileExistsError(f"{out} already exists")
+        router_file = self.work / "router" / "classifier.safetensors"
+        self._require(router_file, "router")
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None)
+        )
+        try:
+            (staging / "router").mkdir()
+            shutil.copy2(router_file, staging / "router" / "classifier.safetensors")
+            specs = {}
+            for task in self.inputs.tasks:
+                source, target = self.task_dir(task), staging / "tasks" / task
+                for required, step in (
+                    ("base/head.safetensors", "phase1"),
+                    ("heads.safetensors", "phase2"),
+                    ("aggregator.safetensors", "phase3"),
+                ):
+                    self._require(source / required, step)
+                shutil.copytree(source / "base", target / "base")
+                shutil.copytree(source / "experts", target / "experts")
+                shutil.copy2(source / "heads.safetensors", target / "heads.safetensors")
+                shutil.copy2(source / "aggregator.safetensors", target / "aggregator.safetensors")
+                norm = json.loads((source / "norm.json").read_text())
+                raw_base = dict(self.state["base_lora"][task])
+                base_lora = LoraSpec(
+                    **{
+                        **raw_base,
+                        "target_modules": tuple(raw_base["target_modules"]),
+                        "layers": tuple(raw_base["layers"]),
+                    }
+                )
+                expert = LoraSpec(
+                    r=self.settings.expert_r,
+                    alpha=2 * self.settings.expert_r,
+                    target_modules=base_lora.target_modules,
+                    layers=self._expert_layers(),
+                )
+                specs[task] = TaskSpec(
+                    name=task,
+                    capabilities=tuple(self.inputs.capabilities[task]),
+                    lora=expert,
+                    aggregator_hidden=self.settings.aggregator_width,
+                    norm_mean=norm["mean"],
+                    norm_std=norm["std"],
+                    base_lora=base_lora,
+                )
+            tasks = self.inputs.tasks
+            manifest = Manifest(
+                backbone=BackboneSpec(ref=self.settings.backbone, **self.info),
+                router=RouterSpec(
+                    embedder=self.settings.router_embedder,
+                    embed_dim=self.state["router"]["embed_dim"],
+                    tasks=tasks,
+                    default_task=max(tasks, key=lambda t: sum(p.task == t for p in self.inputs.train)),
+                    trained=True,
+                ),
+                tasks=specs,
+                notes=json.dumps(
+                    {
+                        "created_by": "moerm train",
+                        "trained": True,
+                        "data": self.inputs.description,
+                        "settings": self.state["settings"],
+                        "timings_s": self.state["timings_s"],
+                        "labels": self.state["labels"],
+                    },
+                    default=str,
+                ),
+            )
+            seal(staging, manifest)
+            staging.rename(out)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return Bundle.load(out)
+
+    def _expert_layers(self) -> tuple[int, ...]:
+        from moerm.bundle_build import top_layers
+
+        return top_layers(self.info["num_layers"], self.settings.expert_fraction)
 
 
 def train_all(
@@ -100,168 +415,16 @@ def train_all(
     settings: RecipeSettings,
     out: str | Path,
     *,
-    checkpoint_dir: Path | None = None,
+    work: str | Path | None = None,
     progress: bool = True,
-) -> tuple[Bundle, RecipeReport]:
-    import torch
-    from peft import PeftModel
-    from safetensors.numpy import save_file
-
-    from moerm.backbones import describe, load_backbone
-    from moerm.bundle_build import top_layers
-    from moerm.embed import PromptEmbedder
-    from moerm.experts import CapabilityExperts, load_heads
-    from moerm.train.loop import PairTokenizer
-    from moerm.train.models import lora_spec
-    from moerm.train.phase1 import train_base_model
-    from moerm.train.phase2 import train_experts
-    from moerm.train.phase3 import expert_features, train_aggregator
-    from moerm.train.router import train_router
-
-    out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists")
-    report = RecipeReport()
-    info = describe(settings.backbone)
-    tasks = tuple(sorted(inputs.capabilities))
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
+) -> Bundle:
+    """Every step into a bundle at ``out`` (work directory: ``work`` or a temp one)."""
+    temporary = work is None
+    work = Path(work or tempfile.mkdtemp(prefix="moerm-train-"))
     try:
-        # Router classifier.
-        started = time.perf_counter()
-        embedder = PromptEmbedder(settings.router_embedder)
-        index = {t: i for i, t in enumerate(tasks)}
-        train_ex = [e for e in inputs.classifier_train if e.task in index]
-        val_ex = [e for e in inputs.classifier_validation if e.task in index]
-        router = train_router(
-            _embed(embedder, train_ex),
-            np.array([index[e.task] for e in train_ex]),
-            _embed(embedder, val_ex),
-            np.array([index[e.task] for e in val_ex]),
-            tasks,
-            epochs=settings.router_epochs,
-            seed=settings.seed,
-        )
-        (staging / "router").mkdir(parents=True)
-        save_file(
-            {"weight": router.weight.astype(np.float32), "bias": router.bias.astype(np.float32)},
-            str(staging / "router" / "classifier.safetensors"),
-        )
-        report.router_val_accuracy = router.val_accuracy
-        report.curves["router"] = router.history
-        report.timings["router"] = time.perf_counter() - started
-
-        specs: dict[str, TaskSpec] = {}
-        expert_layers = top_layers(info["num_layers"], settings.expert_fraction)
-        for task in tasks:
-            task_dir = staging / "tasks" / task
-            train_pairs = [p for p in inputs.train if p.task == task]
-            val_pairs = [p for p in inputs.validation if p.task == task]
-            # Phase 1.
-            started = time.perf_counter()
-            base = train_base_model(
-                f"phase1-{task}",
-                settings.backbone,
-                comparisons(train_pairs),
-                comparisons(val_pairs),
-                settings.phase1,
-                r=settings.base_r,
-                pooling=info["pooling"],
-                out_dir=task_dir,
-                checkpoint_dir=checkpoint_dir,
-                progress=progress,
-            )
-            report.timings[f"phase1/{task}"] = time.perf_counter() - started
-            report.curves[f"phase1/{task}"] = base.curve.to_json()
-
-            # Phase 2, on the backbone with the task adapter merged.
-            started = time.perf_counter()
-            backbone, tokenizer = load_backbone(settings.backbone)
-            backbone = PeftModel.from_pretrained(backbone, str(task_dir / "base"), adapter_name="base")
-            backbone = backbone.merge_and_unload()
-            base_head = load_heads(task_dir / "base" / "head.safetensors", ["base"], info["hidden_size"])[
-                "base"
-            ]
-            caps = tuple(c.name for c in inputs.capabilities[task])
-            spec = lora_spec(backbone, settings.expert_r, expert_layers)
-            experts = train_experts(
-                task,
-                backbone,
-                tokenizer,
-                base_head,
-                caps,
-                spec,
-                capability_comparisons(inputs.train, inputs.labels, task),
-                capability_comparisons(inputs.validation, inputs.labels, task),
-                settings.phase2,
-                pooling=info["pooling"],
-                backbone_ref=settings.backbone,
-                out_dir=task_dir,
-                min_labels=settings.min_labels,
-                checkpoint_dir=checkpoint_dir,
-                progress=progress,
-            )
-            report.timings[f"phase2/{task}"] = time.perf_counter() - started
-            report.labels[task] = dict(experts.labels)
-            for cap, curve in experts.curves.items():
-                report.curves[f"phase2/{task}/{cap}"] = curve.to_json()
-
-            # Phase 3.
-            started = time.perf_counter()
-            capability_experts = CapabilityExperts(
-                experts.peft_model,
-                torch.nn.ModuleDict(experts.heads),
-                caps,
-                spec.layers,
-                info["num_layers"],
-                info["pooling"],
-            ).eval()
-            encoder = PairTokenizer(tokenizer, settings.phase1.max_length)
-            aggregator = train_aggregator(
-                expert_features(capability_experts, encoder, comparisons(train_pairs)),
-                expert_features(capability_experts, encoder, comparisons(val_pairs)),
-                width=settings.aggregator_width,
-                epochs=settings.aggregator_epochs,
-                seed=settings.seed,
-            )
-            save_file(aggregator.tensors, str(task_dir / "aggregator.safetensors"))
-            report.timings[f"phase3/{task}"] = time.perf_counter() - started
-            report.curves[f"phase3/{task}"] = aggregator.curve
-            specs[task] = TaskSpec(
-                name=task,
-                capabilities=tuple(inputs.capabilities[task]),
-                lora=spec,
-                aggregator_hidden=settings.aggregator_width,
-                norm_mean=aggregator.norm_mean,
-                norm_std=aggregator.norm_std,
-                base_lora=base.spec,
-            )
-            del experts, capability_experts, backbone
-
-        manifest = Manifest(
-            backbone=BackboneSpec(ref=settings.backbone, **info),
-            router=RouterSpec(
-                embedder=settings.router_embedder,
-                embed_dim=embedder.dim,
-                tasks=tasks,
-                default_task=max(tasks, key=lambda t: sum(p.task == t for p in inputs.train)),
-                trained=True,
-            ),
-            tasks=specs,
-            notes=json.dumps(
-                {
-                    "created_by": "moerm train all",
-                    "trained": True,
-                    "settings": asdict(settings),
-                    "timings_s": report.timings,
-                    "labels": report.labels,
-                    "router_val_accuracy": report.router_val_accuracy,
-                },
-                default=str,
-            ),
-        )
-        seal(staging, manifest)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return Bundle.load(out), report
+        recipe = Recipe(work, inputs, settings, progress=progress)
+        recipe.all()
+        return recipe.assemble(out)
+    finally:
+        if temporary:
+            shutil.rmtree(work, ignore_errors=True)

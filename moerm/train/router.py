@@ -58,7 +58,7 @@ def train_router(
         optimizer.step()
         with torch.no_grad():
             acc = float((layer(vx).argmax(1) == vy).float().mean()) if len(vy) else float("nan")
-        history["train_loss"].append(float(loss))
+        history["train_loss"].append(loss.item())
         history["val_accuracy"].append(acc)
         if acc >= best[0]:
             best = (acc, (layer.weight.detach().clone(), layer.bias.detach().clone()))
