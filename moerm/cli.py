@@ -302,6 +302,12 @@ def build_parser() -> argparse.ArgumentParser:
     show = bundle_sub.add_parser("show", help="verify a bundle and print its manifest")
     show.add_argument("dir")
     show.set_defaults(run=cmd_bundle_show)
+
+    from moerm.data.cli import add_data_commands
+    from moerm.train.cli import add_train_commands
+
+    add_data_commands(sub)
+    add_train_commands(sub)
     return parser
 
 

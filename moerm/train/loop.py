@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from moerm.text import Turn, render
+from moerm.train.settings import Comparison, TrainSettings  # noqa: F401  (re-exported)
 
 log = logging.getLogger(__name__)
 
@@ -38,27 +39,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-@dataclass(frozen=True)
-class TrainSettings:
-    epochs: int = 2
-    batch_size: int = 8  # pairs per step (2x sequences)
-    lr: float = 2e-4
-    weight_decay: float = 0.0
-    max_length: int = 256
-    seed: int = 0
-    max_pairs: int = 0  # 0: all; else a seeded subsample (quick runs)
-    log_every: int = 10
-
-
-@dataclass(frozen=True)
-class Comparison:
-    """One training example: a conversation, two responses, which is better."""
-
-    turns: tuple[Turn, ...]
-    better: str
-    worse: str
 
 
 @dataclass
@@ -212,7 +192,7 @@ def train_comparisons(
             loss.backward()
             optimizer.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             if step % settings.log_every == 0:
                 curve.steps.append(step)
                 curve.losses.append(float(np.mean(losses[-settings.log_every :])))

@@ -31,11 +31,11 @@ import numpy as np
 
 from moerm.bundle import BackboneSpec, Bundle, Capability, LoraSpec, Manifest, RouterSpec, TaskSpec, seal
 from moerm.data.records import ClassifierExample, PreferencePair
-from moerm.train.loop import Comparison, TrainSettings
+from moerm.train.settings import Comparison, TrainSettings
 
 log = logging.getLogger(__name__)
 
-STEPS = ("router", "phase1", "phase2", "phase3")
+STEPS = ("router", "phase1", "phase2", "phase3", "baseline")
 
 
 @dataclass(frozen=True)
@@ -318,11 +318,50 @@ class Recipe:
             )
             self._record(f"phase3/{task}", time.perf_counter() - started, result.curve)
 
+    def baseline(self) -> None:
+        """One reward model for all tasks: the same backbone, adapter and data as
+        phase 1 summed over the tasks, and the same number of epochs (so the same
+        number of training pairs seen as all task base models together)."""
+        from moerm.train.phase1 import train_base_model
+
+        started = time.perf_counter()
+        tasks = set(self.inputs.tasks)
+        result = train_base_model(
+            "baseline-single",
+            self.settings.backbone,
+            comparisons([p for p in self.inputs.train if p.task in tasks]),
+            comparisons([p for p in self.inputs.validation if p.task in tasks]),
+            self.settings.phase1,
+            r=self.settings.base_r,
+            pooling=self.info["pooling"],
+            out_dir=self.work / "baselines" / "single",
+            checkpoint_dir=self.checkpoints,
+            progress=self.progress,
+        )
+        self._record("baseline/single", time.perf_counter() - started, result.curve.to_json())
+
+    def load_single(self):
+        """(RewardModel, tokenizer) of the one-model baseline."""
+        from peft import PeftModel
+
+        from moerm.backbones import load_backbone
+        from moerm.experts import RewardModel, load_heads
+
+        folder = self.work / "baselines" / "single" / "base"
+        self._require(folder / "adapter_model.safetensors", "baseline")
+        backbone, tokenizer = load_backbone(self.settings.backbone)
+        head = load_heads(folder / "head.safetensors", ["base"], self.info["hidden_size"])["base"]
+        model = RewardModel(
+            PeftModel.from_pretrained(backbone, str(folder), adapter_name="base"), head, self.info["pooling"]
+        ).eval()
+        return model, tokenizer
+
     def all(self) -> None:
         self.router()
         self.phase1()
         self.phase2()
         self.phase3()
+        self.baseline()
 
     def assemble(self, out: str | Path) -> Bundle:
         """Copy the trained weights into a sealed bundle at ``out``."""

@@ -1,0 +1,149 @@
+"""``moerm train STEP`` (router, phase1, phase2, phase3, baseline, assemble, all)
+and ``moerm evaluate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from pathlib import Path
+
+from moerm.train.recipe import STEPS
+
+
+def _common(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--work", required=True, type=Path, help="work directory (created; steps share it)")
+    parser.add_argument(
+        "--data",
+        choices=("shared", "synthetic"),
+        default="shared",
+        help="the shared preference data (../shared/data) or the project's synthetic data",
+    )
+    parser.add_argument("--data-dir", help="shared data folder (default: $MOERM_DATA_DIR or ../shared/data)")
+    parser.add_argument("--labels", help="capability labels (JSONL from `moerm label`); none: experts = base")
+    parser.add_argument("--tasks", default="", help="comma-separated subset of tasks (default: all)")
+    parser.add_argument(
+        "--max-pairs-per-task", type=int, default=0, help="cap on train pairs per task (0: all)"
+    )
+    parser.add_argument(
+        "--max-test-per-task", type=int, default=0, help="cap on test pairs per task (0: all)"
+    )
+    parser.add_argument("--synthetic-per-task", type=int, default=40, help="synthetic pairs per task")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--backbone", default="minilm", help="minilm, smollm2 or a local model directory")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs of phases 1 and 2 (and the baseline)")
+    parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--batch-size", type=int, default=8, help="pairs per step")
+    parser.add_argument("--max-length", type=int, default=256, help="tokens per response with its context")
+    parser.add_argument("--base-r", type=int, default=8, help="LoRA rank of the task base adapters")
+    parser.add_argument("--expert-r", type=int, default=8, help="LoRA rank of the capability experts")
+    parser.add_argument(
+        "--expert-fraction", type=float, default=0.25, help="top fraction of layers with experts"
+    )
+    parser.add_argument("--min-labels", type=int, default=8, help="fewest labels to train an expert")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def _settings(args):
+    from moerm.train.loop import TrainSettings
+    from moerm.train.recipe import RecipeSettings
+
+    phase = TrainSettings(
+        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed
+    )
+    return RecipeSettings(
+        backbone=args.backbone,
+        base_r=args.base_r,
+        expert_r=args.expert_r,
+        expert_fraction=args.expert_fraction,
+        phase1=phase,
+        phase2=phase,
+        min_labels=args.min_labels,
+        seed=args.seed,
+    )
+
+
+def prepare(args):
+    from moerm.train import inputs
+
+    if args.data == "synthetic":
+        return inputs.synthetic(per_task=args.synthetic_per_task, seed=args.seed)
+    tasks = tuple(t for t in args.tasks.split(",") if t)
+    return inputs.shared(
+        args.work,
+        data_dir=args.data_dir,
+        labels=args.labels,
+        seed=args.seed,
+        max_pairs_per_task=args.max_pairs_per_task,
+        max_test_per_task=args.max_test_per_task,
+        tasks=tasks,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from moerm.train.recipe import Recipe
+
+    prepared = prepare(args)
+    recipe = Recipe(args.work, prepared.inputs, _settings(args), progress=not args.no_progress)
+    steps = STEPS if args.step == "all" else () if args.step == "assemble" else (args.step,)
+    for step in steps:
+        getattr(recipe, step)()
+        print(f"{step}: done ({args.work / 'run.json'})", file=sys.stderr)
+    if args.step in ("all", "assemble"):
+        if not args.out:
+            print("error: --out BUNDLE is required to assemble a bundle", file=sys.stderr)
+            return 2
+        bundle = recipe.assemble(args.out)
+        print(f"bundle {bundle.version} written to {args.out}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from moerm.bundle import Bundle
+    from moerm.evaluate.report import evaluate, write_report
+    from moerm.train.recipe import Recipe
+
+    prepared = prepare(args)
+    bundle = Bundle.load(args.bundle)
+    recipe = Recipe(args.work, prepared.inputs, _settings(args), progress=False)
+    single = recipe.load_single() if (args.work / "baselines" / "single").exists() else None
+    result = evaluate(
+        bundle,
+        prepared.test,
+        single=single,
+        classifier_test=prepared.classifier_test,
+        max_length=args.max_length,
+    )
+    run = json.loads((args.work / "run.json").read_text())
+    command = (
+        "moerm " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a)
+        if args.command_line is None
+        else args.command_line
+    )
+    header = (
+        f"# DMoERM evaluation: {bundle.manifest.backbone.ref} backbone, bundle {bundle.version}\n\n"
+        f"Data: {prepared.inputs.description}.\n\nProduced by:\n\n```\n{command}\n```"
+    )
+    path = write_report(result, args.out, header=header, run=run)
+    print(path.read_text())
+    return 0
+
+
+def add_train_commands(sub) -> None:
+    train = sub.add_parser("train", help="train a bundle with the DMoERM recipe, step by step or all at once")
+    train.add_argument(
+        "step",
+        choices=(*STEPS, "assemble", "all"),
+        help="router, phase1, phase2, phase3, baseline (one RM for all tasks), assemble, or all",
+    )
+    _common(train)
+    train.add_argument("--out", help="bundle directory to write (all, assemble)")
+    train.set_defaults(run=cmd_train)
+
+    evaluate = sub.add_parser("evaluate", help="pairwise accuracy of a trained bundle and its baselines")
+    _common(evaluate)
+    evaluate.add_argument("--bundle", required=True, help="the trained bundle")
+    evaluate.add_argument("--out", required=True, type=Path, help="report folder (report.md/.json, PNGs)")
+    evaluate.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
+    evaluate.set_defaults(run=cmd_evaluate)

@@ -1,0 +1,135 @@
+"""Recipe inputs from the shared preference data or from the project's
+synthetic data, with the splits fixed in manifests inside the work directory
+(so every step and the evaluation use the same split)."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+from moerm.data.records import ClassifierExample, PreferencePair
+from moerm.train.recipe import Label, RecipeInputs
+
+
+@dataclass
+class Prepared:
+    inputs: RecipeInputs
+    test: list[PreferencePair]
+    classifier_test: list[ClassifierExample]
+
+
+def read_labels(path: str | Path) -> list[Label]:
+    """Capability labels (JSONL written by ``moerm label``)."""
+    labels = []
+    with Path(path).open(encoding="utf-8") as handle:
+        for number, line in enumerate(handle, 1):
+            if line.strip():
+                try:
+                    raw = json.loads(line)
+                    labels.append(
+                        Label(
+                            str(raw["pair_id"]),
+                            str(raw["task"]),
+                            str(raw["capability"]),
+                            bool(raw["chosen_better"]),
+                        )
+                    )
+                except (ValueError, KeyError, TypeError) as error:
+                    raise ValueError(f"{path}:{number}: not a capability label ({error})") from None
+    return labels
+
+
+def cap_per_task(pairs: list[PreferencePair], limit: int, seed: int) -> list[PreferencePair]:
+    """At most ``limit`` pairs per task (a seeded sample), order kept."""
+    if not limit:
+        return pairs
+    by_task: dict[str, list[int]] = {}
+    for i, pair in enumerate(pairs):
+        by_task.setdefault(pair.task, []).append(i)
+    keep = set()
+    for task, indices in sorted(by_task.items()):
+        keep.update(random.Random(f"{seed}:{task}").sample(indices, min(limit, len(indices))))
+    return [p for i, p in enumerate(pairs) if i in keep]
+
+
+def shared(
+    work: Path,
+    *,
+    data_dir: str | None = None,
+    labels: str | None = None,
+    seed: int = 0,
+    max_pairs_per_task: int = 0,
+    max_test_per_task: int = 0,
+    tasks: tuple[str, ...] = (),
+) -> Prepared:
+    from moerm.data.splits import SplitManifest, load_shared
+
+    data = load_shared(data_dir)
+    split_file, classifier_file = work / "split.json", work / "classifier_split.json"
+    if split_file.is_file():
+        split = SplitManifest.load(split_file)
+        changed = split.check_sources(data.pair_sources())
+        if changed:
+            raise ValueError(f"{split_file}: data files changed since the split was made: {changed}")
+    else:
+        split = data.split(seed)
+        work.mkdir(parents=True, exist_ok=True)
+        split.save(split_file)
+    if classifier_file.is_file():
+        classifier_split = SplitManifest.load(classifier_file)
+    else:
+        classifier_split = data.classifier_split(seed)
+        classifier_split.save(classifier_file)
+    capabilities = {t: c for t, c in data.capabilities.items() if not tasks or t in tasks}
+    keep = set(capabilities)
+    with_task = [p for p in data.pairs if p.task in keep]
+    no_task = [p for p in data.pairs if not p.task]
+    train = cap_per_task(split.select(with_task, "train"), max_pairs_per_task, seed)
+    validation = cap_per_task(split.select(with_task, "validation"), max_pairs_per_task // 4, seed)
+    test = cap_per_task(split.select(with_task, "test"), max_test_per_task, seed)
+    test += cap_per_task(split.select(no_task, "test"), max_test_per_task, seed)
+    description = (
+        f"shared data ({data.data_dir.name}): hh-rlhf harmless, Auto-J pairwise, PandaLM (test only); "
+        f"split seed {seed}"
+        + (f", at most {max_pairs_per_task} train pairs per task" if max_pairs_per_task else "")
+    )
+    return Prepared(
+        inputs=RecipeInputs(
+            train=train,
+            validation=validation,
+            classifier_train=[
+                e for e in classifier_split.select(data.classifier_train, "train") if e.task in keep
+            ],
+            classifier_validation=[
+                e for e in classifier_split.select(data.classifier_train, "validation") if e.task in keep
+            ],
+            capabilities=capabilities,
+            labels=read_labels(labels) if labels else [],
+            description=description,
+        ),
+        test=test,
+        classifier_test=[e for e in data.classifier_test if e.task in keep],
+    )
+
+
+def synthetic(*, per_task: int = 40, seed: int = 0) -> Prepared:
+    from moerm.data.synthetic import synthetic_capabilities, synthetic_classifier_examples, synthetic_pairs
+
+    pairs, labels = synthetic_pairs(per_task, seed)
+    test, _ = synthetic_pairs(max(8, per_task // 4), seed + 1000)
+    examples = synthetic_classifier_examples(max(10, per_task // 2), seed)
+    return Prepared(
+        inputs=RecipeInputs(
+            train=[p for i, p in enumerate(pairs) if i % 5],
+            validation=[p for i, p in enumerate(pairs) if i % 5 == 0],
+            classifier_train=examples[::2],
+            classifier_validation=examples[1::2],
+            capabilities=synthetic_capabilities(),
+            labels=[Label(x.pair_id, x.task, x.capability, x.chosen_better) for x in labels],
+            description=f"synthetic (moerm.data.synthetic, {per_task} pairs per task, seed {seed})",
+        ),
+        test=[p for p in test],
+        classifier_test=synthetic_classifier_examples(10, seed + 1000),
+    )
