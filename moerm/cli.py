@@ -318,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     from moerm.errors import BundleError
 
     args = build_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # for reports: the exact command
     try:
         return args.run(args)
     except BundleError as error:

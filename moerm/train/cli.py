@@ -116,11 +116,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         max_length=args.max_length,
     )
     run = json.loads((args.work / "run.json").read_text())
-    command = (
-        "moerm " + " ".join(shlex.quote(a) for a in sys.argv[1:] if a)
-        if args.command_line is None
-        else args.command_line
-    )
+    command = args.command_line or "moerm " + " ".join(shlex.quote(a) for a in args.argv)
     header = (
         f"# DMoERM evaluation: {bundle.manifest.backbone.ref} backbone, bundle {bundle.version}\n\n"
         f"Data: {prepared.inputs.description}.\n\nProduced by:\n\n```\n{command}\n```"
