@@ -1,0 +1,96 @@
+"""Score test pairs with every system being compared.
+
+For each non-tie test pair and each system, the system is right when it gives
+the human-chosen response a strictly higher reward. Systems:
+
+- ``single``: one reward model trained on all tasks (the baseline);
+- ``base``: the task's phase-1 base model alone;
+- ``mean`` / ``worst`` / ``uwo``: ensembles of the task's K capability experts'
+  scores: mean, minimum, and mean - 0.5 * variance (population variance over
+  the K experts);
+- ``dmoerm``: the full model (experts + aggregator MLP).
+
+Routing: ``gold`` uses the task the data gives; ``routed`` uses the bundle's
+router classifier (the only choice for pairs without a task, e.g. PandaLM).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from moerm.bundle import Bundle
+from moerm.data.records import PreferencePair
+from moerm.train.loop import PairTokenizer
+
+SYSTEMS = ("single", "base", "mean", "worst", "uwo", "dmoerm")
+UWO_LAMBDA = 0.5
+
+
+def ensemble(scores: np.ndarray, rule: str, lam: float = UWO_LAMBDA) -> np.ndarray:
+    """Shape: (N, K) -> (N,)."""
+    if rule == "mean":
+        return scores.mean(axis=1)
+    if rule == "worst":
+        return scores.min(axis=1)
+    if rule == "uwo":
+        return scores.mean(axis=1) - lam * scores.var(axis=1)
+    raise ValueError(rule)
+
+
+def route(bundle: Bundle, pairs: Sequence[PreferencePair]) -> list[str]:
+    """The router classifier's task for each pair's conversation."""
+    from moerm.embed import PromptEmbedder
+    from moerm.text import render_conversation
+    from router_svc.classifier import TaskClassifier
+
+    classifier = TaskClassifier(bundle, PromptEmbedder(bundle.manifest.router.embedder))
+    embeddings = classifier._embedder.embed([render_conversation(p.turns) for p in pairs])
+    return [r.task for r in classifier.routes(classifier.probabilities(embeddings))]
+
+
+def _margins(score, encoder: PairTokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16):
+    """Per pair (reward(chosen) - reward(rejected)) for a scoring function returning
+    a dict of system -> (2N,) rewards."""
+    from moerm.train.loop import Comparison
+
+    out: dict[str, list[float]] = defaultdict(list)
+    with torch.inference_mode():
+        for start in range(0, len(pairs), batch_size):
+            chunk = [Comparison(p.turns, p.chosen, p.rejected) for p in pairs[start : start + batch_size]]
+            ids, mask = encoder(chunk)
+            n = len(chunk)
+            for system, rewards in score(ids, mask).items():
+                out[system].extend((rewards[:n] - rewards[n:]).tolist())
+    return out
+
+
+def task_margins(
+    bundle: Bundle, task: str, pairs: Sequence[PreferencePair], max_length: int
+) -> dict[str, list[float]]:
+    """Margins of ``base``, the ensembles and ``dmoerm`` for pairs sent to ``task``."""
+    from aggregator_svc.aggregator import Aggregator
+    from moerm.experts import load_task_base_model, load_task_experts
+
+    experts, tokenizer = load_task_experts(bundle, task)
+    base, _ = load_task_base_model(bundle, task)
+    aggregator = Aggregator(bundle).tasks[task]
+    encoder = PairTokenizer(tokenizer, max_length)
+
+    def score(ids, mask):
+        scores, hidden = experts(ids, mask)
+        s, h = scores.numpy(), hidden.numpy()
+        out = {rule: torch.from_numpy(ensemble(s, rule)) for rule in ("mean", "worst", "uwo")}
+        out["dmoerm"] = torch.from_numpy(aggregator.raw(s, h))
+        out["base"] = base(ids, mask)
+        return out
+
+    return _margins(score, encoder, list(pairs))
+
+
+def single_margins(model, tokenizer, pairs: Sequence[PreferencePair], max_length: int) -> list[float]:
+    encoder = PairTokenizer(tokenizer, max_length)
+    return _margins(lambda ids, mask: {"single": model(ids, mask)}, encoder, list(pairs))["single"]
