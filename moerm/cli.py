@@ -13,7 +13,8 @@ from pathlib import Path
 
 from moerm.backbones import MINILM, PACKAGED, cache_dir
 
-DEMO_BUNDLE = "demo-minilm-v1"
+DEMO_BUNDLE = "demo-minilm-trained-v2"
+DEMO_PAIRS_PER_TASK = 24
 
 DEMO_ITEMS = [
     {
@@ -58,8 +59,68 @@ def demo_bundle_dir() -> Path:
     return cache_dir() / "bundles" / DEMO_BUNDLE
 
 
+def train_demo_bundle(path: Path, *, data_dir: str | None = None) -> Path:
+    """Train a small bundle with the DMoERM recipe (MiniLM backbone, a few
+    minutes on 2 cores): on a subset of the shared preference data when it is
+    there, else on the project's synthetic data."""
+    import shutil
+    import tempfile
+
+    from moerm.data.loaders import missing_shared_files, shared_data_dir
+    from moerm.train import inputs
+    from moerm.train.recipe import Recipe, RecipeSettings
+    from moerm.train.settings import TrainSettings
+
+    work = Path(tempfile.mkdtemp(prefix="moerm-demo-train-"))
+    try:
+        folder = Path(data_dir) if data_dir else shared_data_dir()
+        if folder is not None and not missing_shared_files(folder):
+            prepared = inputs.shared(
+                work, data_dir=str(folder), max_pairs_per_task=DEMO_PAIRS_PER_TASK, labels=None
+            )
+            prepared.inputs.labels = demo_labels(prepared.inputs)
+            prepared.inputs.classifier_train = inputs.cap_per_task_examples(
+                prepared.inputs.classifier_train, 60
+            )
+            epochs = 1
+        else:
+            prepared = inputs.synthetic(per_task=24)
+            epochs = 2
+        settings = RecipeSettings(
+            phase1=TrainSettings(epochs=epochs, lr=1e-3, batch_size=8, max_length=128),
+            phase2=TrainSettings(epochs=epochs, lr=1e-3, batch_size=8, max_length=128),
+            min_labels=4,
+            aggregator_epochs=100,
+            router_epochs=200,
+        )
+        print(
+            f"training the demo bundle: {prepared.inputs.description}; {len(prepared.inputs.train)} train "
+            f"pairs, {len(prepared.inputs.tasks)} tasks ...",
+            file=sys.stderr,
+        )
+        recipe = Recipe(work, prepared.inputs, settings, progress=False)
+        for step in ("router", "phase1", "phase2", "phase3"):
+            started = time.perf_counter()
+            getattr(recipe, step)()
+            print(f"  {step}: {time.perf_counter() - started:.0f}s", file=sys.stderr)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        recipe.assemble(path)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return path
+
+
+def demo_labels(recipe_inputs) -> list:
+    """Capability labels for the demo from the rule-based judges (fast, no model)."""
+    try:
+        from moerm.judges.demo import rule_labels
+    except ImportError:
+        return []
+    return rule_labels(recipe_inputs)
+
+
 def ensure_demo_bundle(path: Path | None = None) -> Path:
-    """The demo bundle, created on first use (MiniLM backbone, untrained)."""
+    """The demo bundle, trained on first use (see :func:`train_demo_bundle`)."""
     from moerm.bundle import Bundle
     from moerm.errors import BundleError
 
@@ -73,12 +134,7 @@ def ensure_demo_bundle(path: Path | None = None) -> Path:
             import shutil
 
             shutil.rmtree(path)
-    from moerm.bundle_build import create_bundle, demo_tasks
-
-    print(f"creating the demo bundle in {path} (MiniLM backbone) ...", file=sys.stderr)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    create_bundle(path, demo_tasks(), backbone=MINILM)
-    return path
+    return train_demo_bundle(path)
 
 
 def _wait_for_signal() -> None:

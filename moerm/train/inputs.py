@@ -54,6 +54,19 @@ def cap_per_task(pairs: list[PreferencePair], limit: int, seed: int) -> list[Pre
     return [p for i, p in enumerate(pairs) if i in keep]
 
 
+def cap_per_task_examples(
+    examples: list[ClassifierExample], limit: int, seed: int = 0
+) -> list[ClassifierExample]:
+    """At most ``limit`` classifier examples per task (a seeded sample)."""
+    by_task: dict[str, list[ClassifierExample]] = {}
+    for example in examples:
+        by_task.setdefault(example.task, []).append(example)
+    out = []
+    for task, items in sorted(by_task.items()):
+        out += random.Random(f"{seed}:{task}").sample(items, min(limit, len(items)))
+    return out
+
+
 def shared(
     work: Path,
     *,
