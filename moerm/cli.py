@@ -1,4 +1,4 @@
-"""The ``moerm`` command line: up, score, demo, bundle."""
+"""The ``moerm`` command line: up, score, demo, bundle, data, label, train, evaluate."""
 
 from __future__ import annotations
 
@@ -112,11 +112,13 @@ def train_demo_bundle(path: Path, *, data_dir: str | None = None) -> Path:
 
 def demo_labels(recipe_inputs) -> list:
     """Capability labels for the demo from the rule-based judges (fast, no model)."""
-    try:
-        from moerm.judges.demo import rule_labels
-    except ImportError:
-        return []
-    return rule_labels(recipe_inputs)
+    from moerm.judges.rules import rule_labels
+    from moerm.train.recipe import Label
+
+    pairs = [*recipe_inputs.train, *recipe_inputs.validation]
+    labels, stats = rule_labels(pairs, recipe_inputs.capabilities)
+    print(f"  rule judges: {len(labels)} capability labels kept", file=sys.stderr)
+    return [Label(x.pair_id, x.task, x.capability, x.chosen_better) for x in labels]
 
 
 def ensure_demo_bundle(path: Path | None = None) -> Path:
@@ -360,9 +362,11 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(run=cmd_bundle_show)
 
     from moerm.data.cli import add_data_commands
+    from moerm.judges.cli import add_label_commands
     from moerm.train.cli import add_train_commands
 
     add_data_commands(sub)
+    add_label_commands(sub)
     add_train_commands(sub)
     return parser
 
