@@ -43,6 +43,11 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--min-labels", type=int, default=8, help="fewest labels to train an expert")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    parser.add_argument(
+        "--deepspeed",
+        action="store_true",
+        help="train phases 1-2 and the baseline through DeepSpeed ZeRO stage 2 (CPU: gloo)",
+    )
 
 
 def _settings(args):
@@ -50,7 +55,12 @@ def _settings(args):
     from moerm.train.recipe import RecipeSettings
 
     phase = TrainSettings(
-        epochs=args.epochs, lr=args.lr, batch_size=args.batch_size, max_length=args.max_length, seed=args.seed
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        seed=args.seed,
+        deepspeed=args.deepspeed,
     )
     return RecipeSettings(
         backbone=args.backbone,

@@ -118,6 +118,47 @@ def _load_checkpoint(path: Path, params: dict[str, nn.Parameter], optimizer) -> 
     return json.loads((path / "state.json").read_text())
 
 
+def deepspeed_engine(model: nn.Module, optimizer, settings: TrainSettings):
+    """Wrap ``model`` and ``optimizer`` in a DeepSpeed ZeRO stage 2 engine.
+
+    Runs as a one-process gloo group when no launcher set one up; DeepSpeed's
+    compiled ops go to $TORCH_EXTENSIONS_DIR (default: the moerm cache), so only
+    the first run compiles them.
+    """
+    import os
+    import socket
+
+    from moerm.backbones import cache_dir
+
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
+    if not torch.cuda.is_available():
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    import deepspeed
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if "MASTER_PORT" not in os.environ:
+            with socket.socket() as probe:
+                probe.bind(("127.0.0.1", 0))
+                os.environ["MASTER_PORT"] = str(probe.getsockname()[1])
+        for key, value in (
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("RANK", "0"),
+            ("WORLD_SIZE", "1"),
+            ("LOCAL_RANK", "0"),
+        ):
+            os.environ.setdefault(key, value)
+        deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+    config = {
+        "train_micro_batch_size_per_gpu": settings.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": 2},
+        "zero_allow_untested_optimizer": True,  # torch's AdamW, so CPU needs no fused kernels
+    }
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+    return engine
+
+
 def pairwise_accuracy(
     score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     encoder: PairTokenizer,
@@ -163,8 +204,17 @@ def train_comparisons(
     curve = Curve(name)
     start_epoch = 0
     ckpt = checkpoint_dir / name if checkpoint_dir else None
+    engine = deepspeed_engine(model, optimizer, settings) if settings.deepspeed else None
     if ckpt is not None:
-        state = _load_checkpoint(ckpt, params, optimizer)
+        if engine is not None:
+            # DeepSpeed keeps ZeRO's partitioned optimizer state in its own
+            # checkpoint format (torch.save); bundles stay pickle-free.
+            state = None
+            if (ckpt / "state.json").is_file():
+                engine.load_checkpoint(str(ckpt / "deepspeed"))
+                state = json.loads((ckpt / "state.json").read_text())
+        else:
+            state = _load_checkpoint(ckpt, params, optimizer)
         if state is not None:
             start_epoch = state["epoch"] + 1
             curve = Curve(**state["curve"])
@@ -185,12 +235,18 @@ def train_comparisons(
         for begin in bar:
             chunk = [train[i] for i in order[begin : begin + settings.batch_size]]
             ids, mask = encoder(chunk)
-            rewards = score(ids, mask)
             n = len(chunk)
-            loss = bradley_terry_loss(rewards[:n], rewards[n:])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            if engine is not None:
+                rewards = engine(ids, mask) if score is model else score(ids, mask)
+                loss = bradley_terry_loss(rewards[:n], rewards[n:])
+                engine.backward(loss)
+                engine.step()
+            else:
+                rewards = score(ids, mask)
+                loss = bradley_terry_loss(rewards[:n], rewards[n:])
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
             step += 1
             losses.append(loss.item())
             if step % settings.log_every == 0:
@@ -217,6 +273,12 @@ def train_comparisons(
             seconds,
         )
         if ckpt is not None:
-            _save_checkpoint(ckpt, params, optimizer, {"epoch": epoch, "curve": curve.to_json()})
+            state = {"epoch": epoch, "curve": curve.to_json()}
+            if engine is not None:
+                ckpt.mkdir(parents=True, exist_ok=True)
+                engine.save_checkpoint(str(ckpt / "deepspeed"))
+                (ckpt / "state.json").write_text(json.dumps(state, indent=2))
+            else:
+                _save_checkpoint(ckpt, params, optimizer, state)
     model.eval()
     return curve

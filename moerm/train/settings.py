@@ -18,6 +18,7 @@ class TrainSettings:
     seed: int = 0
     max_pairs: int = 0  # 0: all; else a seeded subsample (quick runs)
     log_every: int = 10
+    deepspeed: bool = False  # train through DeepSpeed ZeRO stage 2 (gloo; works on CPU)
 
 
 @dataclass(frozen=True)
