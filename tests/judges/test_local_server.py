@@ -79,7 +79,11 @@ def test_chat_completion_answers(server):
     # Greedy is deterministic.
     again = post(
         server.base_url + "/chat/completions",
-        {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 12},
+        {
+            "messages": [{"role": "user", "content": "What is the capital of France?"}],
+            "max_tokens": 12,
+            "temperature": 0,
+        },
     )
     assert again[0] == 200 and again[1]["choices"][0]["message"]["content"] == choice["message"]["content"]
 
