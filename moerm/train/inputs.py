@@ -104,7 +104,7 @@ def shared(
     test = cap_per_task(split.select(with_task, "test"), max_test_per_task, seed)
     test += cap_per_task(split.select(no_task, "test"), max_test_per_task, seed)
     description = (
-        f"shared data ({data.data_dir.name}): hh-rlhf harmless, Auto-J pairwise, PandaLM (test only); "
+        f"the shared preference data (hh-rlhf harmless, Auto-J pairwise, PandaLM for testing only); "
         f"split seed {seed}"
         + (f", at most {max_pairs_per_task} train pairs per task" if max_pairs_per_task else "")
     )
