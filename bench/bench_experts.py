@@ -61,7 +61,16 @@ import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
 TOLERANCE = 1e-5
-RESULTS = Path(__file__).resolve().parent / "results"
+REPO = Path(__file__).resolve().parent.parent
+RESULTS = REPO / "bench" / "results"
+
+
+def portable(path: Path) -> str:
+    """A path for the saved results: relative to the repository when inside it,
+    so result files name no folder of the machine that made them."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(REPO)) if resolved.is_relative_to(REPO) else str(path)
+
 
 METHODS = {
     "plain": "(1) plain forward, bare backbone",
@@ -449,7 +458,7 @@ def main(argv=None) -> int:
     stem = args.out_dir / f"experts-{args.backbone}-{args.device}{'-' + args.tag if args.tag else ''}"
     stem.with_suffix(".md").write_text(table + "\n")
     payload = {
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+        "args": {k: (portable(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": machine,
         "header": header,
         "capabilities": caps,
