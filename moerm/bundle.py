@@ -23,6 +23,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -51,6 +55,10 @@ class LoraSpec:
     target_modules: tuple[str, ...]
     layers: tuple[int, ...]
     dropout: float = 0.0
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> LoraSpec:
+        return cls(**{**raw, "target_modules": tuple(raw["target_modules"]), "layers": tuple(raw["layers"])})
 
 
 @dataclass(frozen=True)
@@ -162,23 +170,14 @@ def _parse_manifest(raw: dict[str, Any], source: Path) -> Manifest:
         router = RouterSpec(**router_raw)
         tasks = {}
         for name, spec in raw["tasks"].items():
-            lora = dict(spec["lora"])
-            lora["target_modules"] = tuple(lora["target_modules"])
-            lora["layers"] = tuple(lora["layers"])
-            base_lora = None
-            if spec.get("base_lora"):
-                base_raw = dict(spec["base_lora"])
-                base_raw["target_modules"] = tuple(base_raw["target_modules"])
-                base_raw["layers"] = tuple(base_raw["layers"])
-                base_lora = LoraSpec(**base_raw)
             tasks[name] = TaskSpec(
                 name=spec["name"],
                 capabilities=tuple(Capability(**c) for c in spec["capabilities"]),
-                lora=LoraSpec(**lora),
+                lora=LoraSpec.from_json(spec["lora"]),
                 aggregator_hidden=spec["aggregator_hidden"],
                 norm_mean=spec.get("norm_mean", 0.0),
                 norm_std=spec.get("norm_std", 1.0),
-                base_lora=base_lora,
+                base_lora=LoraSpec.from_json(spec["base_lora"]) if spec.get("base_lora") else None,
             )
         return Manifest(
             backbone=backbone,
@@ -298,6 +297,22 @@ def seal(root: Path, manifest: Manifest) -> Manifest:
     validate_manifest(sealed)
     (root / MANIFEST).write_text(sealed.to_json() + "\n")
     return sealed
+
+
+@contextmanager
+def staged(out: str | Path) -> Iterator[Path]:
+    """A fresh folder beside ``out`` to write a bundle into; renamed to ``out``
+    when the block succeeds, removed when it fails (no half-written bundle)."""
+    out = Path(out)
+    if out.exists():
+        raise FileExistsError(f"{out} already exists")
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
+    try:
+        yield staging
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
 
 
 def load_numpy(bundle: Bundle, relative: str) -> dict[str, Any]:

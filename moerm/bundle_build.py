@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import json
 import logging
-import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -26,6 +24,7 @@ from moerm.bundle import (
     RouterSpec,
     TaskSpec,
     seal,
+    staged,
 )
 
 log = logging.getLogger(__name__)
@@ -136,16 +135,13 @@ def create_bundle(
     from moerm.embed import PromptEmbedder
 
     out = Path(out)
-    if out.exists():
-        raise FileExistsError(f"{out} already exists")
     if not tasks:
         raise ValueError("a bundle needs at least one task")
     info = describe(backbone)
     layers = top_layers(info["num_layers"], lora_fraction)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
-    try:
+    with staged(out) as staging:
         base, _ = load_backbone(backbone)
         family = base.config.model_type
         if family not in TARGET_MODULES:
@@ -213,8 +209,4 @@ def create_bundle(
             notes=json.dumps({"created_by": "moerm bundle create", "seed": seed, "trained": False}),
         )
         seal(staging, manifest)
-        staging.rename(out)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
     return Bundle.load(out)

@@ -113,12 +113,11 @@ def train_demo_bundle(path: Path, *, data_dir: str | None = None) -> Path:
 def demo_labels(recipe_inputs) -> list:
     """Capability labels for the demo from the rule-based judges (fast, no model)."""
     from moerm.judges.rules import rule_labels
-    from moerm.train.recipe import Label
 
     pairs = [*recipe_inputs.train, *recipe_inputs.validation]
     labels, stats = rule_labels(pairs, recipe_inputs.capabilities)
     print(f"  rule judges: {len(labels)} capability labels kept", file=sys.stderr)
-    return [Label(x.pair_id, x.task, x.capability, x.chosen_better) for x in labels]
+    return labels
 
 
 def ensure_demo_bundle(path: Path | None = None) -> Path:

@@ -69,13 +69,20 @@ class TaskClassifier:
                 out.append(Route(self.tasks[best], float(row[best])))
         return out
 
+    def classify(self, texts: Sequence[str]) -> np.ndarray:
+        """Task probabilities of rendered conversations (blocking; embeds them).
+
+        Shape: N texts -> (N, T).
+        """
+        self.load()
+        return self.probabilities(self._embedder.embed(list(texts)))
+
     async def route_prompts(self, prompts: Sequence[str]) -> list[Route]:
         """One route per prompt; embeds on the worker thread, off the event loop."""
         if not prompts:
             return []
         loop = asyncio.get_running_loop()
-        embeddings = await loop.run_in_executor(self._executor, self._embedder.embed, list(prompts))
-        return self.routes(self.probabilities(embeddings))
+        return self.routes(await loop.run_in_executor(self._executor, self.classify, list(prompts)))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

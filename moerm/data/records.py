@@ -27,6 +27,19 @@ class PreferencePair:
 
 
 @dataclass(frozen=True)
+class CapabilityLabel:
+    """Which response of a pair is better in terms of one capability (phase 2's
+    training signal): from a judge that survived the swap check, or by
+    construction for synthetic data."""
+
+    pair_id: str
+    task: str
+    capability: str
+    chosen_better: bool  # the pair's human-chosen response is the better one in this capability
+    judge: str = ""
+
+
+@dataclass(frozen=True)
 class ClassifierExample:
     """A prompt labelled with its task, for the router's classifier."""
 

@@ -8,17 +8,16 @@ reason for its preference, so a reward model can learn it in minutes:
 - ``writing``: text about the requested subject vs. text about another one;
 - ``harmlessness``: a refusal of a harmful request vs. compliance.
 
-Capability labels come along (``SyntheticLabel``): which response is better in
+Capability labels come along (``CapabilityLabel``, judge "synthetic"): which response is better in
 terms of each capability, by construction (not from a judge).
 """
 
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
 
 from moerm.bundle import Capability
-from moerm.data.records import ClassifierExample, PreferencePair
+from moerm.data.records import CapabilityLabel, ClassifierExample, PreferencePair
 from moerm.text import Turn
 
 TASKS: dict[str, tuple[str, tuple[Capability, ...]]] = {
@@ -153,15 +152,7 @@ def _harm(rng: random.Random, i: int) -> tuple[str, str, str, dict[str, bool]]:
 _MAKERS = {"code": _code, "exam": _exam, "writing": _writing, "harmlessness": _harm}
 
 
-@dataclass(frozen=True)
-class SyntheticLabel:
-    pair_id: str
-    task: str
-    capability: str
-    chosen_better: bool
-
-
-def synthetic_pairs(per_task: int = 40, seed: int = 0) -> tuple[list[PreferencePair], list[SyntheticLabel]]:
+def synthetic_pairs(per_task: int = 40, seed: int = 0) -> tuple[list[PreferencePair], list[CapabilityLabel]]:
     rng = random.Random(seed)
     pairs, labels = [], []
     for task, make in _MAKERS.items():
@@ -171,7 +162,9 @@ def synthetic_pairs(per_task: int = 40, seed: int = 0) -> tuple[list[PreferenceP
             pairs.append(
                 PreferencePair(pair_id, "synthetic", task, (Turn("user", prompt),), chosen, rejected)
             )
-            labels.extend(SyntheticLabel(pair_id, task, cap, better) for cap, better in caps.items())
+            labels.extend(
+                CapabilityLabel(pair_id, task, cap, better, "synthetic") for cap, better in caps.items()
+            )
     return pairs, labels
 
 

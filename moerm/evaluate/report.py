@@ -53,13 +53,15 @@ def evaluate(
     max_length: int = 256,
 ) -> EvalResult:
     """``single``: (RewardModel, tokenizer) of the one-model baseline, or None."""
-    from moerm.embed import PromptEmbedder
     from moerm.train.router import confusion_matrix, prompt_text
 
     tasks = tuple(bundle.manifest.tasks)
     scored = [p for p in test if not p.tie]
     ties = [p for p in test if p.tie]
-    routed_task = dict(zip((p.id for p in scored), route(bundle, scored), strict=True))
+    from router_svc.classifier import TaskClassifier
+
+    classifier = TaskClassifier(bundle)
+    routed_task = dict(zip((p.id for p in scored), route(classifier, scored), strict=True))
     # Margins per (task, pair id), for every pair whose gold or routed task is that task.
     margins: dict[str, dict[str, dict[str, float]]] = {}
     for task in tasks:
@@ -112,13 +114,8 @@ def evaluate(
     agree = [routed_task[p.id] == p.task for p in with_task]
     result.notes["routing_agreement_on_test_pairs"] = Accuracy(sum(agree), len(agree)).to_json()
     if classifier_test:
-        from router_svc.classifier import TaskClassifier
-
         examples = [e for e in classifier_test if e.task in tasks]
-        classifier = TaskClassifier(bundle, PromptEmbedder(bundle.manifest.router.embedder))
-        probabilities = classifier.probabilities(
-            classifier._embedder.embed([prompt_text(e.text) for e in examples])
-        )
+        probabilities = classifier.classify([prompt_text(e.text) for e in examples])
         index = {t: i for i, t in enumerate(bundle.manifest.router.tasks)}
         truth = np.array([index[e.task] for e in examples])
         predicted = probabilities.argmax(axis=1)
@@ -138,9 +135,23 @@ LABELS = {
 }
 
 
+def _accuracy_table(table: dict[str, dict[str, Accuracy]], columns: list[str]) -> list[str]:
+    """Markdown rows: a header, the n (ties) row, then one row per system."""
+    first = next(iter(table.values()))
+    lines = [
+        "| system | " + " | ".join(columns) + " |",
+        "|---|" + "---:|" * len(columns),
+        "| n (ties) | " + " | ".join(f"{first[c].n} ({first[c].ties})" for c in columns) + " |",
+    ]
+    for system in SYSTEMS:
+        if system in table:
+            lines.append(
+                f"| {LABELS[system]} | " + " | ".join(table[system][c].cell() for c in columns) + " |"
+            )
+    return lines
+
+
 def markdown(result: EvalResult, header: str) -> str:
-    systems = [s for s in SYSTEMS if s in result.gold]
-    columns = [*result.tasks, "all"]
     lines = [
         header,
         "",
@@ -148,31 +159,11 @@ def markdown(result: EvalResult, header: str) -> str:
         "",
         "Accuracy [95% Wilson interval]; n = non-tie test pairs, ties are not scored.",
         "",
-        "| system | " + " | ".join(columns) + " |",
-        "|---|" + "---:|" * len(columns),
+        *_accuracy_table(result.gold, [*result.tasks, "all"]),
     ]
-    first = next(iter(result.gold.values()))
-    lines.append("| n (ties) | " + " | ".join(f"{first[c].n} ({first[c].ties})" for c in columns) + " |")
-    for s in systems:
-        lines.append(f"| {LABELS[s]} | " + " | ".join(result.gold[s][c].cell() for c in columns) + " |")
-    slices = list(next(iter(result.routed.values())).keys()) if result.routed else []
-    if slices:
-        lines += [
-            "",
-            "## With the router's routing, by source",
-            "",
-            "| system | " + " | ".join(slices) + " |",
-            "|---|" + "---:|" * len(slices),
-        ]
-        any_routed = next(iter(result.routed.values()))
-        lines.append(
-            "| n (ties) | " + " | ".join(f"{any_routed[c].n} ({any_routed[c].ties})" for c in slices) + " |"
-        )
-        for s in systems:
-            if s in result.routed:
-                lines.append(
-                    f"| {LABELS[s]} | " + " | ".join(result.routed[s][c].cell() for c in slices) + " |"
-                )
+    if result.routed:
+        slices = list(next(iter(result.routed.values())))
+        lines += ["", "## With the router's routing, by source", "", *_accuracy_table(result.routed, slices)]
     agreement = result.notes.get("routing_agreement_on_test_pairs")
     if agreement:
         lines += [

@@ -41,15 +41,13 @@ def ensemble(scores: np.ndarray, rule: str, lam: float = UWO_LAMBDA) -> np.ndarr
     raise ValueError(rule)
 
 
-def route(bundle: Bundle, pairs: Sequence[PreferencePair]) -> list[str]:
-    """The router classifier's task for each pair's conversation."""
-    from moerm.embed import PromptEmbedder
+def route(classifier, pairs: Sequence[PreferencePair]) -> list[str]:
+    """The router classifier's task for each pair's conversation, as router_svc routes it."""
     from moerm.text import render_conversation
-    from router_svc.classifier import TaskClassifier
 
-    classifier = TaskClassifier(bundle, PromptEmbedder(bundle.manifest.router.embedder))
-    embeddings = classifier._embedder.embed([render_conversation(p.turns) for p in pairs])
-    return [r.task for r in classifier.routes(classifier.probabilities(embeddings))]
+    return [
+        r.task for r in classifier.routes(classifier.classify([render_conversation(p.turns) for p in pairs]))
+    ]
 
 
 def _margins(score, encoder: PairTokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16):

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from moerm.bundle import Capability
-from moerm.data.records import PreferencePair
+from moerm.data.records import CapabilityLabel, PreferencePair
 from moerm.text import Turn
 
 Verdict = Literal["A", "B"] | None  # None: the judge abstains or its answer was unparseable
@@ -69,15 +69,6 @@ class Judge(abc.ABC):
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
-
-
-@dataclass(frozen=True)
-class CapabilityLabel:
-    pair_id: str
-    task: str
-    capability: str
-    chosen_better: bool  # the judge prefers the pair's human-chosen response in this capability
-    judge: str
 
 
 @dataclass

@@ -4,13 +4,12 @@ synthetic data, with the splits fixed in manifests inside the work directory
 
 from __future__ import annotations
 
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 from moerm.data.records import ClassifierExample, PreferencePair
-from moerm.train.recipe import Label, RecipeInputs
+from moerm.train.recipe import RecipeInputs
 
 
 @dataclass
@@ -18,27 +17,6 @@ class Prepared:
     inputs: RecipeInputs
     test: list[PreferencePair]
     classifier_test: list[ClassifierExample]
-
-
-def read_labels(path: str | Path) -> list[Label]:
-    """Capability labels (JSONL written by ``moerm label``)."""
-    labels = []
-    with Path(path).open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, 1):
-            if line.strip():
-                try:
-                    raw = json.loads(line)
-                    labels.append(
-                        Label(
-                            str(raw["pair_id"]),
-                            str(raw["task"]),
-                            str(raw["capability"]),
-                            bool(raw["chosen_better"]),
-                        )
-                    )
-                except (ValueError, KeyError, TypeError) as error:
-                    raise ValueError(f"{path}:{number}: not a capability label ({error})") from None
-    return labels
 
 
 def cap_per_task(pairs: list[PreferencePair], limit: int, seed: int) -> list[PreferencePair]:
@@ -78,6 +56,7 @@ def shared(
     tasks: tuple[str, ...] = (),
 ) -> Prepared:
     from moerm.data.splits import SplitManifest, load_shared
+    from moerm.judges.base import load_labels
 
     data = load_shared(data_dir)
     split_file, classifier_file = work / "split.json", work / "classifier_split.json"
@@ -119,7 +98,7 @@ def shared(
                 e for e in classifier_split.select(data.classifier_train, "validation") if e.task in keep
             ],
             capabilities=capabilities,
-            labels=read_labels(labels) if labels else [],
+            labels=load_labels(labels) if labels else [],
             description=description,
         ),
         test=test,
@@ -140,7 +119,7 @@ def synthetic(*, per_task: int = 40, seed: int = 0) -> Prepared:
             classifier_train=examples[::2],
             classifier_validation=examples[1::2],
             capabilities=synthetic_capabilities(),
-            labels=[Label(x.pair_id, x.task, x.capability, x.chosen_better) for x in labels],
+            labels=labels,
             description=f"synthetic (moerm.data.synthetic, {per_task} pairs per task, seed {seed})",
         ),
         test=[p for p in test],

@@ -29,23 +29,23 @@ from pathlib import Path
 
 import numpy as np
 
-from moerm.bundle import BackboneSpec, Bundle, Capability, LoraSpec, Manifest, RouterSpec, TaskSpec, seal
-from moerm.data.records import ClassifierExample, PreferencePair
+from moerm.bundle import (
+    BackboneSpec,
+    Bundle,
+    Capability,
+    LoraSpec,
+    Manifest,
+    RouterSpec,
+    TaskSpec,
+    seal,
+    staged,
+)
+from moerm.data.records import CapabilityLabel, ClassifierExample, PreferencePair
 from moerm.train.settings import Comparison, TrainSettings
 
 log = logging.getLogger(__name__)
 
 STEPS = ("router", "phase1", "phase2", "phase3", "baseline")
-
-
-@dataclass(frozen=True)
-class Label:
-    """A capability label that survived the judge's swap check."""
-
-    pair_id: str
-    task: str
-    capability: str
-    chosen_better: bool
 
 
 @dataclass
@@ -55,7 +55,7 @@ class RecipeInputs:
     classifier_train: list[ClassifierExample]
     classifier_validation: list[ClassifierExample]
     capabilities: dict[str, tuple[Capability, ...]]
-    labels: list[Label]
+    labels: list[CapabilityLabel]
     description: str = ""  # where the data came from, for the report
 
     @property
@@ -92,7 +92,7 @@ def comparisons(pairs: list[PreferencePair]) -> list[Comparison]:
 
 
 def capability_comparisons(
-    pairs: list[PreferencePair], labels: list[Label], task: str
+    pairs: list[PreferencePair], labels: list[CapabilityLabel], task: str
 ) -> dict[str, list[Comparison]]:
     by_id = {p.id: p for p in pairs}
     out: dict[str, list[Comparison]] = defaultdict(list)
@@ -258,6 +258,7 @@ class Recipe:
                 progress=self.progress,
             )
             self.state["labels"][task] = {"used": result.labels, "trained": result.trained}
+            self.state.setdefault("expert_lora", {})[task] = asdict(result.spec)
             self._record(
                 f"phase2/{task}",
                 time.perf_counter() - started,
@@ -365,15 +366,9 @@ class Recipe:
 
     def assemble(self, out: str | Path) -> Bundle:
         """Copy the trained weights into a sealed bundle at ``out``."""
-        out = Path(out)
-        if out.exists():
-            raise FileExistsError(f"{out} already exists")
         router_file = self.work / "router" / "classifier.safetensors"
         self._require(router_file, "router")
-        staging = Path(
-            tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None)
-        )
-        try:
+        with staged(out) as staging:
             (staging / "router").mkdir()
             shutil.copy2(router_file, staging / "router" / "classifier.safetensors")
             specs = {}
@@ -390,28 +385,18 @@ class Recipe:
                 shutil.copy2(source / "heads.safetensors", target / "heads.safetensors")
                 shutil.copy2(source / "aggregator.safetensors", target / "aggregator.safetensors")
                 norm = json.loads((source / "norm.json").read_text())
-                raw_base = dict(self.state["base_lora"][task])
-                base_lora = LoraSpec(
-                    **{
-                        **raw_base,
-                        "target_modules": tuple(raw_base["target_modules"]),
-                        "layers": tuple(raw_base["layers"]),
-                    }
-                )
-                expert = LoraSpec(
-                    r=self.settings.expert_r,
-                    alpha=2 * self.settings.expert_r,
-                    target_modules=base_lora.target_modules,
-                    layers=self._expert_layers(),
-                )
+                if task not in self.state.get("expert_lora", {}):
+                    raise FileNotFoundError(
+                        f"no phase 2 record for task {task!r}: run `moerm train phase2` first"
+                    )
                 specs[task] = TaskSpec(
                     name=task,
                     capabilities=tuple(self.inputs.capabilities[task]),
-                    lora=expert,
+                    lora=LoraSpec.from_json(self.state["expert_lora"][task]),
                     aggregator_hidden=self.settings.aggregator_width,
                     norm_mean=norm["mean"],
                     norm_std=norm["std"],
-                    base_lora=base_lora,
+                    base_lora=LoraSpec.from_json(self.state["base_lora"][task]),
                 )
             tasks = self.inputs.tasks
             manifest = Manifest(
@@ -437,16 +422,7 @@ class Recipe:
                 ),
             )
             seal(staging, manifest)
-            staging.rename(out)
-        except BaseException:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise
         return Bundle.load(out)
-
-    def _expert_layers(self) -> tuple[int, ...]:
-        from moerm.bundle_build import top_layers
-
-        return top_layers(self.info["num_layers"], self.settings.expert_fraction)
 
 
 def train_all(

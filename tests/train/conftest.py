@@ -6,7 +6,7 @@ import pytest
 
 from moerm.data.synthetic import synthetic_capabilities, synthetic_classifier_examples, synthetic_pairs
 from moerm.train.loop import TrainSettings
-from moerm.train.recipe import Label, Recipe, RecipeInputs, RecipeSettings
+from moerm.train.recipe import Recipe, RecipeInputs, RecipeSettings
 
 SETTINGS = RecipeSettings(
     phase1=TrainSettings(epochs=2, lr=1e-3, batch_size=8, max_length=96),
@@ -19,11 +19,7 @@ SETTINGS = RecipeSettings(
 def synthetic_inputs(per_task: int = 16, drop_capability: str | None = None) -> RecipeInputs:
     pairs, labels = synthetic_pairs(per_task)
     examples = synthetic_classifier_examples(12)
-    kept = [
-        Label(x.pair_id, x.task, x.capability, x.chosen_better)
-        for x in labels
-        if x.capability != drop_capability
-    ]
+    kept = [x for x in labels if x.capability != drop_capability]
     return RecipeInputs(
         train=[p for i, p in enumerate(pairs) if i % 4],
         validation=[p for i, p in enumerate(pairs) if i % 4 == 0],
