@@ -12,6 +12,7 @@ every layer this degenerates to K full passes. Measured trade-offs live in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -60,6 +61,60 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
     raise ValueError(f"unknown pooling {how!r}")
 
 
+@dataclass(frozen=True)
+class Trunk:
+    """Hidden states after a backbone's first ``depth`` layers, to start a forward
+    pass from instead of the embeddings. Shape: states (B, T, d), right padded."""
+
+    depth: int
+    states: torch.Tensor
+
+
+def run_layers(
+    model: nn.Module,
+    layer_list: tuple[nn.Module, str],
+    input_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    *,
+    start: Trunk | None = None,
+    stop: int | None = None,
+) -> torch.Tensor:
+    """Run ``model``'s layers from ``start.depth`` (the embeddings when no
+    ``start``) up to layer ``stop`` (exclusive; the whole stack and the final
+    norm when None). Shape: (B, T) -> (B, T, d).
+
+    ``layer_list`` is ``find_layer_list(model)``: the ModuleList is swapped for
+    ``[replay of start.states, *layers[start.depth:]]`` during the call, and a
+    forward hook on layer ``stop - 1`` ends the pass there. The model's own
+    forward still builds the attention mask and position embeddings, so this
+    works for any architecture that calls its layer list in order.
+    """
+    first = start.depth if start is not None else 0
+    if stop is not None and stop <= first:
+        if stop < first or start is None:
+            raise ValueError(f"cannot stop at layer {stop} when starting at layer {first}")
+        return start.states
+    parent, attr = layer_list
+    layers = getattr(parent, attr)
+    handle = None
+    if stop is not None:
+
+        def end(module, args, output):
+            raise _TrunkDone(output)
+
+        handle = layers[stop - 1].register_forward_hook(end)
+    if start is not None and start.depth > 0:
+        setattr(parent, attr, nn.ModuleList([_Replay(start.states), *layers[start.depth :]]))
+    try:
+        return model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    except _TrunkDone as done:
+        return done.hidden
+    finally:
+        setattr(parent, attr, layers)
+        if handle is not None:
+            handle.remove()
+
+
 class CapabilityExperts(nn.Module):
     """All K capability experts of one task.
 
@@ -92,46 +147,17 @@ class CapabilityExperts(nn.Module):
         self.capabilities = tuple(capabilities)
         self.first_lora_layer = min(lora_layers)
         self.pooling = pooling
-        self._parent, self._attr = find_layer_list(self.transformer, num_layers)
+        self._layer_list = find_layer_list(self.transformer, num_layers)
 
     @property
     def transformer(self) -> nn.Module:
         """The transformers model with the LoRA layers injected."""
         return self.peft_model.base_model.model
 
-    @property
-    def _layers(self) -> nn.ModuleList:
-        return getattr(self._parent, self._attr)
-
-    def _hidden(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return self.transformer(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-
-    def _trunk(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Hidden states after the last layer without adapters. Shape: (B, T, d)."""
-
-        def stop(module, args, output):
-            raise _TrunkDone(output)
-
-        handle = self._layers[self.first_lora_layer - 1].register_forward_hook(stop)
-        try:
-            self._hidden(input_ids, attention_mask)
-        except _TrunkDone as done:
-            return done.hidden
-        finally:
-            handle.remove()
-        raise RuntimeError("the backbone never reached its trunk layer")
-
-    def _top(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: torch.Tensor
-    ) -> torch.Tensor:
-        """Run only the adapted layers (plus the final norm) on the trunk's output."""
-        layers = self._layers
-        top = nn.ModuleList([_Replay(trunk), *layers[self.first_lora_layer :]])
-        setattr(self._parent, self._attr, top)
-        try:
-            return self._hidden(input_ids, attention_mask)
-        finally:
-            setattr(self._parent, self._attr, layers)
+    def _run(self, input_ids, attention_mask, start: Trunk | None = None, stop: int | None = None):
+        return run_layers(
+            self.transformer, self._layer_list, input_ids, attention_mask, start=start, stop=stop
+        )
 
     def _score(self, pooled: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         hidden = torch.stack(pooled, dim=1)  # (B, K, d)
@@ -142,20 +168,29 @@ class CapabilityExperts(nn.Module):
         return scores, hidden
 
     def forward(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: Trunk | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Scores and pooled hidden states of all K experts.
+
+        ``trunk``: precomputed states of the bare backbone's lower layers (at
+        most up to the first adapted layer), e.g. from a training-time cache.
 
         Shape: input_ids, attention_mask (B, T) -> scores (B, K), hidden (B, K, d),
         float32.
         """
+        if trunk is not None and trunk.depth > self.first_lora_layer:
+            raise ValueError(
+                f"trunk depth {trunk.depth} is above the first adapted layer {self.first_lora_layer}"
+            )
         if self.first_lora_layer == 0:
             return self.forward_sequential(input_ids, attention_mask)
-        trunk = self._trunk(input_ids, attention_mask)
+        shared = Trunk(
+            self.first_lora_layer, self._run(input_ids, attention_mask, trunk, self.first_lora_layer)
+        )
         pooled = []
         for cap in self.capabilities:
             self.peft_model.set_adapter(cap)
-            hidden = self._top(input_ids, attention_mask, trunk)
+            hidden = self._run(input_ids, attention_mask, shared)
             pooled.append(pool(hidden, attention_mask, self.pooling))
         return self._score(pooled)
 
@@ -166,7 +201,7 @@ class CapabilityExperts(nn.Module):
         pooled = []
         for cap in self.capabilities:
             self.peft_model.set_adapter(cap)
-            pooled.append(pool(self._hidden(input_ids, attention_mask), attention_mask, self.pooling))
+            pooled.append(pool(self._run(input_ids, attention_mask), attention_mask, self.pooling))
         return self._score(pooled)
 
 
@@ -228,7 +263,9 @@ def load_task_experts(bundle, task: str):
 class RewardModel(nn.Module):
     """A backbone (possibly peft-wrapped) with one scalar head: a plain reward model.
 
-    Shape: input_ids, attention_mask (B, T) -> rewards (B,) float32.
+    Shape: input_ids, attention_mask (B, T) -> rewards (B,) float32. With a
+    ``trunk`` (states of the bare backbone's first layers, which this model must
+    not adapt) only the layers above it run.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Linear, pooling: str):
@@ -236,9 +273,12 @@ class RewardModel(nn.Module):
         self.backbone = backbone
         self.head = head
         self.pooling = pooling
+        self._layer_list = find_layer_list(backbone, backbone.config.num_hidden_layers)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.backbone(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, trunk: Trunk | None = None
+    ) -> torch.Tensor:
+        hidden = run_layers(self.backbone, self._layer_list, input_ids, attention_mask, start=trunk)
         return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
 
 

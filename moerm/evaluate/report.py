@@ -13,7 +13,8 @@ import numpy as np
 from moerm.bundle import Bundle
 from moerm.data.records import ClassifierExample, PreferencePair
 from moerm.evaluate.metrics import Accuracy
-from moerm.evaluate.systems import SYSTEMS, route, single_margins, task_margins
+from moerm.evaluate.systems import SYSTEMS, bundle_trunk_depth, route, single_margins, task_margins
+from moerm.train.trunk import TrunkCache
 
 
 @dataclass
@@ -52,7 +53,9 @@ def evaluate(
     classifier_test: list[ClassifierExample] | None = None,
     max_length: int = 256,
 ) -> EvalResult:
-    """``single``: (RewardModel, tokenizer) of the one-model baseline, or None."""
+    """``single``: (RewardModel, tokenizer, lowest adapted layer) of the one-model
+    baseline, or None. When no model adapts the lowest layers, their states are
+    computed once per text for all systems (:class:`moerm.train.trunk.TrunkCache`)."""
     from moerm.train.router import confusion_matrix, prompt_text
 
     tasks = tuple(bundle.manifest.tasks)
@@ -63,18 +66,24 @@ def evaluate(
     classifier = TaskClassifier(bundle)
     routed_task = dict(zip((p.id for p in scored), route(classifier, scored), strict=True))
     # Margins per (task, pair id), for every pair whose gold or routed task is that task.
+    depth = min(bundle_trunk_depth(bundle), single[2] if single is not None else bundle_trunk_depth(bundle))
+    trunk = TrunkCache(bundle.manifest.backbone.ref, depth, max_length) if depth > 0 else None
     margins: dict[str, dict[str, dict[str, float]]] = {}
     for task in tasks:
         pairs = [p for p in scored if p.task == task or routed_task[p.id] == task]
         if not pairs:
             continue
-        per_system = task_margins(bundle, task, pairs, max_length)
+        per_system = task_margins(bundle, task, pairs, max_length, trunk)
         margins[task] = {s: dict(zip((p.id for p in pairs), v, strict=True)) for s, v in per_system.items()}
     single_by_id = {}
     if single is not None:
-        model, tokenizer = single
+        model, tokenizer, _ = single
         single_by_id = dict(
-            zip((p.id for p in scored), single_margins(model, tokenizer, scored, max_length), strict=True)
+            zip(
+                (p.id for p in scored),
+                single_margins(model, tokenizer, scored, max_length, trunk),
+                strict=True,
+            )
         )
 
     gold: dict[str, dict[str, Accuracy]] = defaultdict(dict)

@@ -25,6 +25,7 @@ import torch
 from moerm.bundle import Bundle
 from moerm.data.records import PreferencePair
 from moerm.train.loop import PairTokenizer
+from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 SYSTEMS = ("single", "base", "mean", "worst", "uwo", "dmoerm")
 UWO_LAMBDA = 0.5
@@ -50,45 +51,65 @@ def route(classifier, pairs: Sequence[PreferencePair]) -> list[str]:
     ]
 
 
-def _margins(score, encoder: PairTokenizer, pairs: Sequence[PreferencePair], batch_size: int = 16):
-    """Per pair (reward(chosen) - reward(rejected)) for a scoring function returning
-    a dict of system -> (2N,) rewards."""
+def bundle_trunk_depth(bundle: Bundle) -> int:
+    """Layers below every adapter of the bundle (task base and expert adapters):
+    the part of the backbone every task computes alike."""
+    depth = bundle.manifest.backbone.num_layers
+    for spec in bundle.manifest.tasks.values():
+        depth = min(depth, min(spec.lora.layers))
+        depth = min(depth, min(spec.base_lora.layers) if spec.base_lora is not None else 0)
+    return depth
+
+
+def _encoder(tokenizer, max_length: int, trunk: TrunkCache | None):
+    return TrunkPairEncoder(trunk) if trunk is not None else PairTokenizer(tokenizer, max_length)
+
+
+def _margins(score, encoder, pairs: Sequence[PreferencePair], batch_size: int = 16):
+    """Per pair (reward(chosen) - reward(rejected)) for a scoring function
+    ``score(*encoder(batch))`` returning a dict of system -> (2N,) rewards."""
     from moerm.train.loop import Comparison
 
     out: dict[str, list[float]] = defaultdict(list)
     with torch.inference_mode():
         for start in range(0, len(pairs), batch_size):
             chunk = [Comparison(p.turns, p.chosen, p.rejected) for p in pairs[start : start + batch_size]]
-            ids, mask = encoder(chunk)
             n = len(chunk)
-            for system, rewards in score(ids, mask).items():
+            for system, rewards in score(*encoder(chunk)).items():
                 out[system].extend((rewards[:n] - rewards[n:]).tolist())
     return out
 
 
 def task_margins(
-    bundle: Bundle, task: str, pairs: Sequence[PreferencePair], max_length: int
+    bundle: Bundle,
+    task: str,
+    pairs: Sequence[PreferencePair],
+    max_length: int,
+    trunk: TrunkCache | None = None,
 ) -> dict[str, list[float]]:
-    """Margins of ``base``, the ensembles and ``dmoerm`` for pairs sent to ``task``."""
+    """Margins of ``base``, the ensembles and ``dmoerm`` for pairs sent to ``task``
+    (``trunk``: cached lower layers, at most :func:`bundle_trunk_depth` deep)."""
     from aggregator_svc.aggregator import Aggregator
     from moerm.experts import load_task_base_model, load_task_experts
 
     experts, tokenizer = load_task_experts(bundle, task)
     base, _ = load_task_base_model(bundle, task)
     aggregator = Aggregator(bundle).tasks[task]
-    encoder = PairTokenizer(tokenizer, max_length)
+    encoder = _encoder(tokenizer, max_length, trunk)
 
-    def score(ids, mask):
-        scores, hidden = experts(ids, mask)
+    def score(ids, mask, *trunk_states):
+        scores, hidden = experts(ids, mask, *trunk_states)
         s, h = scores.numpy(), hidden.numpy()
         out = {rule: torch.from_numpy(ensemble(s, rule)) for rule in ("mean", "worst", "uwo")}
         out["dmoerm"] = torch.from_numpy(aggregator.raw(s, h))
-        out["base"] = base(ids, mask)
+        out["base"] = base(ids, mask, *trunk_states)
         return out
 
     return _margins(score, encoder, list(pairs))
 
 
-def single_margins(model, tokenizer, pairs: Sequence[PreferencePair], max_length: int) -> list[float]:
-    encoder = PairTokenizer(tokenizer, max_length)
-    return _margins(lambda ids, mask: {"single": model(ids, mask)}, encoder, list(pairs))["single"]
+def single_margins(
+    model, tokenizer, pairs: Sequence[PreferencePair], max_length: int, trunk: TrunkCache | None = None
+) -> list[float]:
+    encoder = _encoder(tokenizer, max_length, trunk)
+    return _margins(lambda *batch: {"single": model(*batch)}, encoder, list(pairs))["single"]

@@ -41,6 +41,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--expert-fraction", type=float, default=0.25, help="top fraction of layers with experts"
     )
+    parser.add_argument(
+        "--base-fraction",
+        type=float,
+        default=1.0,
+        help="top fraction of layers with task base adapters; below 1 the layers under every adapter "
+        "run once per text (trunk cache)",
+    )
     parser.add_argument("--min-labels", type=int, default=8, help="fewest labels to train an expert")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
     parser.add_argument(
@@ -67,6 +74,7 @@ def _settings(args):
         base_r=args.base_r,
         expert_r=args.expert_r,
         expert_fraction=args.expert_fraction,
+        base_fraction=args.base_fraction,
         phase1=phase,
         phase2=phase,
         min_labels=args.min_labels,

@@ -160,8 +160,8 @@ def deepspeed_engine(model: nn.Module, optimizer, settings: TrainSettings):
 
 
 def pairwise_accuracy(
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    encoder: PairTokenizer,
+    score: Callable[..., torch.Tensor],
+    encoder: Callable[[Sequence[Comparison]], tuple],
     comparisons: Sequence[Comparison],
     batch_size: int = 16,
 ) -> float:
@@ -172,8 +172,7 @@ def pairwise_accuracy(
     with torch.inference_mode():
         for start in range(0, len(comparisons), batch_size):
             chunk = comparisons[start : start + batch_size]
-            ids, mask = encoder(chunk)
-            rewards = score(ids, mask)
+            rewards = score(*encoder(chunk))
             n = len(chunk)
             correct += int((rewards[:n] > rewards[n:]).sum())
     return correct / len(comparisons)
@@ -182,8 +181,8 @@ def pairwise_accuracy(
 def train_comparisons(
     name: str,
     model: nn.Module,
-    score: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    encoder: PairTokenizer,
+    score: Callable[..., torch.Tensor],
+    encoder: Callable[[Sequence[Comparison]], tuple],
     train: Sequence[Comparison],
     validation: Sequence[Comparison],
     settings: TrainSettings,
@@ -192,7 +191,9 @@ def train_comparisons(
 ) -> Curve:
     """Bradley-Terry training of ``model``'s trainable parameters.
 
-    ``score(input_ids, attention_mask) -> (2N,)`` rewards. Deterministic for a
+    ``encoder(batch of N)`` gives the model inputs (:class:`PairTokenizer`:
+    ids and mask; :class:`moerm.train.trunk.TrunkPairEncoder` adds the cached
+    trunk) and ``score(*inputs) -> (2N,)`` the rewards. Deterministic for a
     given seed; resumes from ``checkpoint_dir/name`` after its last epoch.
     """
     from tqdm.auto import tqdm
@@ -234,15 +235,15 @@ def train_comparisons(
         )
         for begin in bar:
             chunk = [train[i] for i in order[begin : begin + settings.batch_size]]
-            ids, mask = encoder(chunk)
+            batch = encoder(chunk)
             n = len(chunk)
             if engine is not None:
-                rewards = engine(ids, mask) if score is model else score(ids, mask)
+                rewards = engine(*batch) if score is model else score(*batch)
                 loss = bradley_terry_loss(rewards[:n], rewards[n:])
                 engine.backward(loss)
                 engine.step()
             else:
-                rewards = score(ids, mask)
+                rewards = score(*batch)
                 loss = bradley_terry_loss(rewards[:n], rewards[n:])
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()

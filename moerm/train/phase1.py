@@ -23,6 +23,7 @@ from moerm.train.loop import (
     train_comparisons,
 )
 from moerm.train.models import lora_config, lora_spec, new_head
+from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -43,13 +44,18 @@ def train_base_model(
     r: int,
     pooling: str,
     out_dir: Path,
+    layers: tuple[int, ...] | None = None,
+    trunk: TrunkCache | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
 ) -> BaseModelResult:
-    """Train one reward model (LoRA on every layer + head) and write the peft
-    adapter to ``out_dir/base/`` and its head to ``out_dir/base/head.safetensors``.
+    """Train one reward model (LoRA on ``layers``, default every layer, + head)
+    and write the peft adapter to ``out_dir/base/`` and its head to
+    ``out_dir/base/head.safetensors``.
 
-    Used for each task's base model and for the one-model-for-all baseline.
+    With a ``trunk`` cache (depth at most the lowest adapted layer) only the
+    layers above the trunk run. Used for each task's base model and for the
+    one-model-for-all baseline.
     """
     from peft import get_peft_model
     from safetensors.torch import save_file
@@ -59,10 +65,14 @@ def train_base_model(
 
     seed_everything(settings.seed)
     backbone, tokenizer = load_backbone(backbone_ref)
-    spec = lora_spec(backbone, r, tuple(range(backbone.config.num_hidden_layers)))
+    spec = lora_spec(backbone, r, layers or tuple(range(backbone.config.num_hidden_layers)))
+    if trunk is not None and trunk.depth > min(spec.layers):
+        raise ValueError(
+            f"{name}: trunk depth {trunk.depth} is above the lowest adapted layer {min(spec.layers)}"
+        )
     peft_model = get_peft_model(backbone, lora_config(backbone, spec), adapter_name="base")
     model = RewardModel(peft_model, new_head(backbone.config.hidden_size, settings.seed), pooling)
-    encoder = PairTokenizer(tokenizer, settings.max_length)
+    encoder = TrunkPairEncoder(trunk) if trunk is not None else PairTokenizer(tokenizer, settings.max_length)
     curve = train_comparisons(
         name,
         model,

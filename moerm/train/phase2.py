@@ -19,7 +19,7 @@ from pathlib import Path
 from torch import nn
 
 from moerm.bundle import LoraSpec
-from moerm.experts import pool
+from moerm.experts import RewardModel
 from moerm.train.loop import (
     Comparison,
     Curve,
@@ -29,6 +29,7 @@ from moerm.train.loop import (
     train_comparisons,
 )
 from moerm.train.models import lora_config
+from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -41,21 +42,6 @@ class ExpertsResult:
     trained: dict[str, bool] = field(default_factory=dict)
     peft_model: object = None  # the task backbone with all K adapters (for phase 3)
     heads: dict[str, nn.Linear] = field(default_factory=dict)
-
-
-class _OneExpert(nn.Module):
-    """The task backbone with one capability adapter active, and its head."""
-
-    def __init__(self, peft_model, head: nn.Linear, capability: str, pooling: str):
-        super().__init__()
-        self.peft_model = peft_model
-        self.head = head
-        self.capability = capability
-        self.pooling = pooling
-
-    def forward(self, input_ids, attention_mask):
-        hidden = self.peft_model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
 
 
 def train_experts(
@@ -73,10 +59,13 @@ def train_experts(
     backbone_ref: str,
     out_dir: Path,
     min_labels: int = 8,
+    trunk: TrunkCache | None = None,
     checkpoint_dir: Path | None = None,
     progress: bool = True,
 ) -> ExpertsResult:
-    """Train the K experts of ``task`` (``backbone`` has the task adapter merged).
+    """Train the K experts of ``task`` (``backbone`` has the task adapter merged;
+    a ``trunk`` cache, if given, holds the bare backbone's states below every
+    adapted layer).
 
     Writes ``out_dir/experts/<cap>/`` (peft) and ``out_dir/heads.safetensors``.
     """
@@ -91,7 +80,7 @@ def train_experts(
     for cap in capabilities[1:]:
         peft_model.add_adapter(cap, config)
     heads = {cap: copy.deepcopy(base_head) for cap in capabilities}
-    encoder = PairTokenizer(tokenizer, settings.max_length)
+    encoder = TrunkPairEncoder(trunk) if trunk is not None else PairTokenizer(tokenizer, settings.max_length)
     result = ExpertsResult(spec=spec)
     for cap in capabilities:
         examples = train.get(cap, [])
@@ -110,7 +99,7 @@ def train_experts(
         head = heads[cap]
         for p in head.parameters():
             p.requires_grad_(True)
-        expert = _OneExpert(peft_model, head, cap, pooling)
+        expert = RewardModel(peft_model, head, pooling)
         result.curves[cap] = train_comparisons(
             f"{task}-{cap}",
             expert,

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from moerm.train.loop import Comparison, PairTokenizer, bradley_terry_loss, seed_everything
+from moerm.train.loop import Comparison, bradley_terry_loss, seed_everything
 
 
 @dataclass
@@ -26,16 +26,19 @@ class AggregatorResult:
     curve: dict = field(default_factory=dict)  # {"train_loss": [...], "val_accuracy": [...]}
 
 
-def expert_features(experts, encoder: PairTokenizer, comparisons: list[Comparison], batch_size: int = 16):
-    """(better, worse) feature matrices. Shape: (N, K * (d + 1)) each, float32."""
+def expert_features(experts, encoder, comparisons: list[Comparison], batch_size: int = 16):
+    """(better, worse) feature matrices. Shape: (N, K * (d + 1)) each, float32.
+
+    ``encoder``: :class:`PairTokenizer`, or a trunk-cache encoder whose batches
+    carry the precomputed lower layers.
+    """
     from aggregator_svc.aggregator import features
 
     better, worse = [], []
     with torch.inference_mode():
         for start in range(0, len(comparisons), batch_size):
             chunk = comparisons[start : start + batch_size]
-            ids, mask = encoder(chunk)
-            scores, hidden = experts(ids, mask)
+            scores, hidden = experts(*encoder(chunk))
             feats = features(scores.numpy(), hidden.numpy())
             n = len(chunk)
             better.append(feats[:n])

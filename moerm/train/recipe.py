@@ -70,11 +70,19 @@ class RecipeSettings:
     base_r: int = 8
     expert_r: int = 8
     expert_fraction: float = 0.25  # top fraction of layers carrying expert adapters
+    # Top fraction of layers carrying the task base adapters (and the baseline's).
+    # Below 1, the layers under every adapter are computed once per text
+    # (moerm.train.trunk) instead of once per model, epoch and phase.
+    base_fraction: float = 1.0
     phase1: TrainSettings = TrainSettings(epochs=2, lr=3e-4)
     phase2: TrainSettings = TrainSettings(epochs=2, lr=3e-4)
     aggregator_width: int = 64
     aggregator_epochs: int = 300
     router_epochs: int = 300
+    # Also train the router on the training pairs' conversations (rendered as the
+    # router renders requests), not only on the single-turn classifier queries:
+    # multi-turn data such as hh-rlhf is otherwise out of its distribution.
+    router_pair_prompts: bool = True
     min_labels: int = 8
     seed: int = 0
 
@@ -129,6 +137,7 @@ class Recipe:
         self.state.setdefault("curves", {})
         self.state.setdefault("labels", {})
         self._save()
+        self._trunk = None
 
     @property
     def checkpoints(self) -> Path:
@@ -148,6 +157,54 @@ class Recipe:
             self.state["curves"][key] = curve
         self._save()
 
+    @property
+    def base_layers(self) -> tuple[int, ...]:
+        from moerm.bundle_build import top_layers
+
+        return top_layers(self.info["num_layers"], self.settings.base_fraction)
+
+    @property
+    def trunk_depth(self) -> int:
+        """Layers below every adapter of the run (task base, baseline, experts)."""
+        from moerm.bundle_build import top_layers
+
+        expert = top_layers(self.info["num_layers"], self.settings.expert_fraction)
+        return min(min(self.base_layers), min(expert))
+
+    def trunk(self):
+        """The run's :class:`moerm.train.trunk.TrunkCache` (None when every layer is
+        adapted), created on first use and filled with every training and
+        validation text in one length-sorted pass."""
+        if self.trunk_depth == 0:
+            return None
+        if self._trunk is None:
+            from moerm.train.trunk import TrunkCache
+
+            started = time.perf_counter()
+            self._trunk = TrunkCache(
+                self.settings.backbone, self.trunk_depth, self.settings.phase1.max_length
+            )
+            render = self._trunk.encoder.texts
+            texts = [
+                render(p.turns, r)
+                for p in self.inputs.train + self.inputs.validation
+                for r in (p.chosen, p.rejected)
+            ]
+            self._trunk.fill(texts)
+            seconds = time.perf_counter() - started
+            log.info(
+                "trunk cache: %d texts, %d tokens, depth %d, %.0fs",
+                len(self._trunk),
+                self._trunk.computed_tokens,
+                self.trunk_depth,
+                seconds,
+            )
+            # Each process (one per `moerm train STEP`) fills its own cache; the sum is recorded.
+            timings = self.state["timings_s"]
+            timings["trunk_cache"] = timings.get("trunk_cache", 0.0) + seconds
+            self._save()
+        return self._trunk
+
     def _require(self, path: Path, step: str) -> None:
         if not path.exists():
             raise FileNotFoundError(f"{path} missing: run `moerm train {step}` first")
@@ -158,19 +215,31 @@ class Recipe:
         from safetensors.numpy import save_file
 
         from moerm.embed import PromptEmbedder
+        from moerm.text import render_conversation
         from moerm.train.router import prompt_text, train_router
 
         started = time.perf_counter()
         tasks = self.inputs.tasks
         index = {t: i for i, t in enumerate(tasks)}
         embedder = PromptEmbedder(self.settings.router_embedder)
-        train = [e for e in self.inputs.classifier_train if e.task in index]
-        val = [e for e in self.inputs.classifier_validation if e.task in index]
+
+        def examples(
+            queries: list[ClassifierExample], pairs: list[PreferencePair]
+        ) -> tuple[list[str], list[str]]:
+            texts = {prompt_text(e.text): e.task for e in queries if e.task in index}
+            if self.settings.router_pair_prompts:
+                for pair in pairs:
+                    if pair.task in index:
+                        texts.setdefault(render_conversation(pair.turns), pair.task)
+            return list(texts), list(texts.values())
+
+        train_texts, train_tasks = examples(self.inputs.classifier_train, self.inputs.train)
+        val_texts, val_tasks = examples(self.inputs.classifier_validation, self.inputs.validation)
         result = train_router(
-            embedder.embed([prompt_text(e.text) for e in train]),
-            np.array([index[e.task] for e in train]),
-            embedder.embed([prompt_text(e.text) for e in val]),
-            np.array([index[e.task] for e in val]),
+            embedder.embed(train_texts),
+            np.array([index[t] for t in train_tasks]),
+            embedder.embed(val_texts),
+            np.array([index[t] for t in val_tasks]),
             tasks,
             epochs=self.settings.router_epochs,
             seed=self.settings.seed,
@@ -184,7 +253,8 @@ class Recipe:
             "tasks": list(tasks),
             "embed_dim": embedder.dim,
             "val_accuracy": result.val_accuracy,
-            "val_n": len(val),
+            "val_n": len(val_texts),
+            "train_n": len(train_texts),
         }
         self._record("router", time.perf_counter() - started, result.history)
 
@@ -204,6 +274,8 @@ class Recipe:
                 r=self.settings.base_r,
                 pooling=self.info["pooling"],
                 out_dir=self.task_dir(task),
+                layers=self.base_layers,
+                trunk=self.trunk(),
                 checkpoint_dir=self.checkpoints,
                 progress=self.progress,
             )
@@ -254,6 +326,7 @@ class Recipe:
                 backbone_ref=self.settings.backbone,
                 out_dir=self.task_dir(task),
                 min_labels=self.settings.min_labels,
+                trunk=self.trunk(),
                 checkpoint_dir=self.checkpoints,
                 progress=self.progress,
             )
@@ -299,11 +372,17 @@ class Recipe:
 
         from moerm.train.loop import PairTokenizer
         from moerm.train.phase3 import expert_features, train_aggregator
+        from moerm.train.trunk import TrunkPairEncoder
 
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
             experts, tokenizer = self.load_experts(task)
-            encoder = PairTokenizer(tokenizer, self.settings.phase1.max_length)
+            trunk = self.trunk()
+            encoder = (
+                TrunkPairEncoder(trunk)
+                if trunk is not None
+                else PairTokenizer(tokenizer, self.settings.phase1.max_length)
+            )
             train = comparisons([p for p in self.inputs.train if p.task == task])
             val = comparisons([p for p in self.inputs.validation if p.task == task])
             result = train_aggregator(
@@ -336,13 +415,15 @@ class Recipe:
             r=self.settings.base_r,
             pooling=self.info["pooling"],
             out_dir=self.work / "baselines" / "single",
+            layers=self.base_layers,
+            trunk=self.trunk(),
             checkpoint_dir=self.checkpoints,
             progress=self.progress,
         )
         self._record("baseline/single", time.perf_counter() - started, result.curve.to_json())
 
     def load_single(self):
-        """(RewardModel, tokenizer) of the one-model baseline."""
+        """(RewardModel, tokenizer, lowest adapted layer) of the one-model baseline."""
         from peft import PeftModel
 
         from moerm.backbones import load_backbone
@@ -355,7 +436,9 @@ class Recipe:
         model = RewardModel(
             PeftModel.from_pretrained(backbone, str(folder), adapter_name="base"), head, self.info["pooling"]
         ).eval()
-        return model, tokenizer
+        adapter = json.loads((folder / "adapter_config.json").read_text())
+        layers = adapter.get("layers_to_transform") or [0]
+        return model, tokenizer, min(layers)
 
     def all(self) -> None:
         self.router()

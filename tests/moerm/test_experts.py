@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from moerm.experts import CapabilityExperts, pool
+from moerm.experts import CapabilityExperts, Trunk, pool, run_layers
 
 CAPS = ("alpha", "beta", "gamma")
 TEXTS = [
@@ -102,7 +102,16 @@ def check_equivalence(experts: CapabilityExperts, tokenizer) -> None:
     torch.testing.assert_close(scores, ref_scores, atol=ATOL, rtol=0)
     torch.testing.assert_close(hidden, ref_hidden, atol=ATOL, rtol=0)
     torch.testing.assert_close(scores_again, scores, atol=0, rtol=0)
-    assert len(experts._layers) == experts.peft_model.base_model.model.config.num_hidden_layers
+    parent, attr = experts._layer_list
+    assert len(getattr(parent, attr)) == experts.peft_model.base_model.model.config.num_hidden_layers
+    if experts.first_lora_layer > 0:
+        # Starting from precomputed lower layers (a training-time trunk cache)
+        # gives the same scores, for a trunk below and at the first adapted layer.
+        for depth in sorted({max(1, experts.first_lora_layer // 2), experts.first_lora_layer}):
+            with torch.inference_mode():
+                states = run_layers(experts.transformer, experts._layer_list, ids, mask, stop=depth)
+                from_trunk, _ = experts(ids, mask, Trunk(depth, states))
+            torch.testing.assert_close(from_trunk, scores, atol=ATOL, rtol=0)
     # The experts differ from each other and from the bare backbone, so the
     # comparisons above can fail.
     for a in range(k):
