@@ -424,21 +424,9 @@ class Recipe:
 
     def load_single(self):
         """(RewardModel, tokenizer, lowest adapted layer) of the one-model baseline."""
-        from peft import PeftModel
-
-        from moerm.backbones import load_backbone
-        from moerm.experts import RewardModel, load_heads
-
         folder = self.work / "baselines" / "single" / "base"
         self._require(folder / "adapter_model.safetensors", "baseline")
-        backbone, tokenizer = load_backbone(self.settings.backbone)
-        head = load_heads(folder / "head.safetensors", ["base"], self.info["hidden_size"])["base"]
-        model = RewardModel(
-            PeftModel.from_pretrained(backbone, str(folder), adapter_name="base"), head, self.info["pooling"]
-        ).eval()
-        adapter = json.loads((folder / "adapter_config.json").read_text())
-        layers = adapter.get("layers_to_transform") or [0]
-        return model, tokenizer, min(layers)
+        return load_reward_model(folder, self.settings.backbone)
 
     def all(self) -> None:
         self.router()
@@ -506,6 +494,26 @@ class Recipe:
             )
             seal(staging, manifest)
         return Bundle.load(out)
+
+
+def load_reward_model(folder: str | Path, backbone_ref: str):
+    """(RewardModel, tokenizer, lowest adapted layer) from a folder holding a
+    peft adapter and ``head.safetensors`` (phase 1's layout)."""
+    from peft import PeftModel
+
+    from moerm.backbones import describe, load_backbone
+    from moerm.experts import RewardModel, load_heads
+
+    folder = Path(folder)
+    info = describe(backbone_ref)
+    backbone, tokenizer = load_backbone(backbone_ref)
+    head = load_heads(folder / "head.safetensors", ["base"], info["hidden_size"])["base"]
+    model = RewardModel(
+        PeftModel.from_pretrained(backbone, str(folder), adapter_name="base"), head, info["pooling"]
+    ).eval()
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    layers = adapter.get("layers_to_transform") or [0]
+    return model, tokenizer, min(layers)
 
 
 def train_all(
