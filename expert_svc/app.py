@@ -50,7 +50,7 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         max_delay_s=config.max_queue_delay_ms / 1000.0,
         max_queue_items=config.max_queue_items,
     )
-    servicer = ExpertServicer(scorer, batcher)
+    servicer = ExpertServicer(scorer, batcher, norm=(config.norm_mean, config.norm_std))
     server = create_server(
         lambda s: expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],

@@ -21,6 +21,9 @@ class ExpertConfig:
     max_queue_items: int = option(4096, "queued items beyond which calls get RESOURCE_EXHAUSTED")
     max_length: int = option(0, "token limit per item (0: the bundle's backbone limit)")
     torch_threads: int = option(0, "torch intra-op threads (0: torch's default)")
+    # Describe reports these, for routers that use this service as an external reward model.
+    norm_mean: float = option(0.0, "reference mean of the first score column")
+    norm_std: float = option(0.0, "reference std of the first score column (0: not declared)")
     grace_s: float = option(10.0, "seconds to drain in-flight calls on shutdown")
     log_level: str = option("INFO", "logging level")
 
@@ -31,3 +34,5 @@ class ExpertConfig:
             raise SystemExit("expert_svc: --task (or MOERM_TASK) is required")
         if self.max_batch_size < 1 or self.max_queue_items < 1 or self.max_queue_delay_ms < 0:
             raise SystemExit("expert_svc: batch size and queue limits must be positive")
+        if self.norm_std < 0:
+            raise SystemExit("expert_svc: --norm-std must be >= 0 (0: not declared)")

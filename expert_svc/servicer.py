@@ -15,6 +15,8 @@ from moerm.v1 import expert_pb2, expert_pb2_grpc
 def parse_items(request: expert_pb2.ExpertRequest) -> list[ExpertInput]:
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
+    experts = not request.base_only
+    base = request.return_base or request.base_only
     items, violations = [], []
     for i, item in enumerate(request.items):
         if not item.response:
@@ -24,37 +26,50 @@ def parse_items(request: expert_pb2.ExpertRequest) -> list[ExpertInput]:
                 violations.append(
                     FieldViolation(f"items[{i}].messages[{j}].role", f"unknown role {message.role!r}")
                 )
-        items.append(ExpertInput(tuple(Turn(m.role, m.content) for m in item.messages), item.response))
+        turns = tuple(Turn(m.role, m.content) for m in item.messages)
+        items.append(ExpertInput(turns, item.response, experts=experts, base=base))
     if violations:
         raise InvalidArgument(violations)
     return items
 
 
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
-    def __init__(self, scorer: ExpertScorer, batcher: DynamicBatcher):
+    def __init__(
+        self, scorer: ExpertScorer, batcher: DynamicBatcher, *, norm: tuple[float, float] = (0.0, 0.0)
+    ):
         self.scorer = scorer
         self.batcher = batcher
+        self.norm = norm  # (mean, std) of the first score column; std 0: not declared
+
+    def _check(self, request: expert_pb2.ExpertRequest) -> None:
+        task = self.scorer.task.name
+        if request.task != task:
+            raise InvalidArgument.field("task", f"this expert serves {task!r}, not {request.task!r}")
+        if (request.return_base or request.base_only) and not self.scorer.has_base:
+            field = "base_only" if request.base_only else "return_base"
+            raise InvalidArgument.field(field, f"task {task!r} has no base model (an untrained bundle)")
 
     async def ScoreBatch(self, request: expert_pb2.ExpertRequest, context: grpc.aio.ServicerContext):
         if not self.scorer.loaded:
             raise Unavailable(f"expert {self.scorer.task.name!r} is still loading its model")
-        if request.task != self.scorer.task.name:
-            raise InvalidArgument.field(
-                "task", f"this expert serves {self.scorer.task.name!r}, not {request.task!r}"
-            )
-        scores, hidden = await self.batcher.submit(parse_items(request))
+        self._check(request)
+        scores, hidden, base = await self.batcher.submit(parse_items(request))
         response = expert_pb2.ExpertResponse(
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,
-            scores=to_proto(scores),
             bundle_version=self.scorer.bundle.version,
         )
-        if request.return_hidden:
-            response.hidden.CopyFrom(to_proto(hidden))
+        if not request.base_only:
+            response.scores.CopyFrom(to_proto(scores))
+            if request.return_hidden:
+                response.hidden.CopyFrom(to_proto(hidden))
+        if request.return_base or request.base_only:
+            response.base_scores.CopyFrom(to_proto(base))
         return response
 
     async def Describe(self, request, context):
         manifest = self.scorer.bundle.manifest
+        mean, std = self.norm
         return expert_pb2.ExpertDescription(
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,
@@ -62,4 +77,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             backbone=manifest.backbone.ref,
             bundle_version=manifest.bundle_version,
             lora_layers=list(self.scorer.task.lora.layers),
+            has_base=self.scorer.has_base,
+            norm_mean=mean,
+            norm_std=std,
         )

@@ -5,6 +5,9 @@ Both split large item lists into batches, give each call the remaining part
 of one overall deadline, and retry UNAVAILABLE and RESOURCE_EXHAUSTED with
 exponential backoff. Bad input is never retried: it raises ``grpc.RpcError``
 with INVALID_ARGUMENT; :func:`moerm.errors.field_violations` says which field.
+
+``feedback`` reports a raw reward per scored item id so that the bandit policies
+learn; retrying it is safe (the router applies each id once).
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ from moerm.v1 import reward_pb2, reward_pb2_grpc, tensor_pb2
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 ItemLike = Mapping[str, Any] | tuple[str, str] | reward_pb2.ScoreItem
+FeedbackLike = Mapping[str, float] | Iterable[tuple[str, float]]
+Request = reward_pb2.ScoreRequest | reward_pb2.FeedbackRequest
 
 
 @dataclass(frozen=True)
@@ -34,6 +39,8 @@ class Reward:
     cached: bool
     id: str = ""
     capabilities: dict[str, float] = field(default_factory=dict)
+    policy: str = ""
+    member_rewards: dict[str, float] = field(default_factory=dict)
 
     @classmethod
     def from_proto(cls, result: reward_pb2.ScoreResult) -> Reward:
@@ -46,7 +53,38 @@ class Reward:
             cached=result.cached,
             id=result.id,
             capabilities=dict(result.capabilities),
+            policy=result.policy,
+            member_rewards=dict(result.member_rewards),
         )
+
+
+def _outcome_name(outcome: int) -> str:
+    """FEEDBACK_OUTCOME_APPLIED -> "applied"."""
+    return reward_pb2.FeedbackOutcome.Name(outcome).removeprefix("FEEDBACK_OUTCOME_").lower()
+
+
+def _feedback_requests(rewards: FeedbackLike, batch: int) -> list[reward_pb2.FeedbackRequest]:
+    pairs = list(rewards.items() if isinstance(rewards, Mapping) else rewards)
+    items = [reward_pb2.FeedbackItem(id=str(i), reward=float(r)) for i, r in pairs]
+    return [reward_pb2.FeedbackRequest(items=items[i : i + batch]) for i in range(0, len(items), batch)]
+
+
+def _feedback_outcomes(
+    requests: Sequence[reward_pb2.FeedbackRequest],
+    replies: Sequence[reward_pb2.FeedbackResponse | grpc.RpcError],
+) -> dict[str, str]:
+    """id -> outcome over all batches. A batch answered NOT_FOUND counts as not_found
+    per id; when every batch was, the first NOT_FOUND error is raised."""
+    outcomes: dict[str, str] = {}
+    for request, reply in zip(requests, replies, strict=True):
+        if isinstance(reply, grpc.RpcError):
+            outcomes.update((item.id, "not_found") for item in request.items)
+        else:
+            outcomes.update((r.id, _outcome_name(r.outcome)) for r in reply.results)
+    errors = [reply for reply in replies if isinstance(reply, grpc.RpcError)]
+    if errors and len(errors) == len(replies):
+        raise errors[0]
+    return outcomes
 
 
 def to_item(item: ItemLike) -> reward_pb2.ScoreItem:
@@ -113,11 +151,11 @@ class RewardClient:
             self._channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
-    def _call(self, request: reward_pb2.ScoreRequest, deadline: float) -> reward_pb2.ScoreResponse:
+    def _call(self, request: Request, deadline: float, method: str = "Score"):
         for attempt in range(1, self.retry.attempts + 1):
             remaining = deadline - time.monotonic()
             try:
-                return self._stub.Score(request, timeout=max(remaining, 0.001))
+                return getattr(self._stub, method)(request, timeout=max(remaining, 0.001))
             except grpc.RpcError as error:
                 pause = self.retry.delay(attempt)
                 if (
@@ -144,6 +182,27 @@ class RewardClient:
         for request in _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model)):
             out.extend(Reward.from_proto(r) for r in self._call(request, deadline).results)
         return out
+
+    def feedback(self, rewards: FeedbackLike, *, timeout_s: float | None = None) -> dict[str, str]:
+        """Report a raw reward per scored item: ``{id: reward}`` or ``(id, reward)``
+        pairs, ids as Score returned them (:attr:`Reward.id`).
+
+        Returns id -> "applied", "duplicate", "not_found" or "no_arm". Batches of
+        ``batch_size`` are separate calls (the router's batch baseline is per call).
+        Raises ``grpc.RpcError``: INVALID_ARGUMENT for an empty id or a non-finite
+        reward, NOT_FOUND when no id is known.
+        """
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        requests = _feedback_requests(rewards, self.batch_size)
+        replies: list = []
+        for request in requests:
+            try:
+                replies.append(self._call(request, deadline, "Feedback"))
+            except grpc.RpcError as error:
+                if error.code() != grpc.StatusCode.NOT_FOUND:
+                    raise
+                replies.append(error)
+        return _feedback_outcomes(requests, replies)
 
     def close(self) -> None:
         self._channel.close()
@@ -178,12 +237,12 @@ class AsyncRewardClient:
             self._channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
-    async def _call(self, request: reward_pb2.ScoreRequest, deadline: float) -> reward_pb2.ScoreResponse:
+    async def _call(self, request: Request, deadline: float, method: str = "Score"):
         async with self._limit:
             for attempt in range(1, self.retry.attempts + 1):
                 remaining = deadline - time.monotonic()
                 try:
-                    return await self._stub.Score(request, timeout=max(remaining, 0.001))
+                    return await getattr(self._stub, method)(request, timeout=max(remaining, 0.001))
                 except grpc.aio.AioRpcError as error:
                     pause = self.retry.delay(attempt)
                     if (
@@ -208,6 +267,21 @@ class AsyncRewardClient:
         requests = _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model))
         responses = await asyncio.gather(*(self._call(r, deadline) for r in requests))
         return [Reward.from_proto(r) for response in responses for r in response.results]
+
+    async def _feedback_call(self, request: reward_pb2.FeedbackRequest, deadline: float):
+        try:
+            return await self._call(request, deadline, "Feedback")
+        except grpc.aio.AioRpcError as error:
+            if error.code() != grpc.StatusCode.NOT_FOUND:
+                raise
+            return error
+
+    async def feedback(self, rewards: FeedbackLike, *, timeout_s: float | None = None) -> dict[str, str]:
+        """As :meth:`RewardClient.feedback`; batches run concurrently."""
+        deadline = time.monotonic() + (timeout_s or self.timeout_s)
+        requests = _feedback_requests(rewards, self.batch_size)
+        replies = await asyncio.gather(*(self._feedback_call(r, deadline) for r in requests))
+        return _feedback_outcomes(requests, replies)
 
     async def close(self) -> None:
         await self._channel.close()

@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from dataclasses import dataclass
+
+import numpy as np
 
 from moerm.bundle import Bundle
 from moerm.cache import ScoreCache
 from moerm.embedded_redis import EmbeddedRedis
+from moerm.routing.pool import RewardModelPool, build_pool
+from moerm.routing.prior import OfflineRouter
+from moerm.routing.state import RoutingState
+from moerm.routing.store import BanditStore
 from moerm.server import Server, create_server
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from router_svc.classifier import TaskClassifier
 from router_svc.config import RouterConfig
+from router_svc.fanout import Downstream
 from router_svc.router import Router
 from router_svc.servicer import RewardServicer
 
@@ -27,8 +33,12 @@ class RouterApp:
     router: Router
     embedded_redis: EmbeddedRedis | None = None
 
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.server.port}"
+
     async def load(self) -> None:
-        await asyncio.to_thread(self.router.classifier.load)
+        await self.router.load()
 
     async def start(self) -> None:
         await self.server.start()
@@ -46,9 +56,52 @@ class RouterApp:
         await self.close()
 
 
+def thompson_prior(path: str, pool: RewardModelPool, dim: int) -> np.ndarray | None:
+    """Thompson's prior mean (K, d) from an offline router file (moerm.routing.prior);
+    arms it does not know get a zero prior."""
+    if not path:
+        return None
+    offline = OfflineRouter.load(path)
+    if offline.weights.shape[1] != dim:
+        raise SystemExit(
+            f"router_svc: {path}: prior over {offline.weights.shape[1]} dims, contexts have {dim}"
+        )
+    unknown = sorted(set(pool.names) - set(offline.arms))
+    if unknown:
+        log.warning("offline router %s has no prior for %s (zero prior)", path, unknown)
+    prior = np.zeros((len(pool), dim))
+    for k, name in enumerate(pool.names):
+        if name in offline.arms:
+            prior[k] = offline.prior_mean()[offline.arms.index(name)]
+    return prior
+
+
+def bandit_state(config: RouterConfig, url: str, pool: RewardModelPool, dim: int) -> RoutingState:
+    """The bandits over ``pool``, kept in the Redis at ``url`` under the cache namespace."""
+    import redis.asyncio as redis
+
+    timeout = config.bandit_timeout_ms / 1000.0
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    store = BanditStore(client, namespace=config.cache_namespace, ttl_s=config.decision_ttl_s)
+    return RoutingState(
+        pool.names,
+        dim,
+        store,
+        alpha=config.linucb_alpha,
+        lam=config.linucb_lambda,
+        lam0=config.thompson_lambda0,
+        prior_mean=thompson_prior(config.thompson_prior, pool, dim),
+        seed=config.bandit_seed,
+    )
+
+
 def build_router(config: RouterConfig, embedder=None) -> RouterApp:
     """Must run inside the event loop (it opens grpc.aio channels)."""
     bundle = Bundle.load(config.bundle)
+    try:
+        pool = build_pool(bundle.manifest, externals=config.external_endpoints, norms=config.norms)
+    except ValueError as error:
+        raise SystemExit(f"router_svc: {error}") from None
     embedded = None
     url: str | None = config.redis_url
     if url == "off":
@@ -56,14 +109,16 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
     elif not url:
         embedded = EmbeddedRedis().start()
         url = embedded.url
-        log.info("score cache: embedded server at %s", url)
+        log.info("score cache and bandit state: embedded server at %s", url)
     cache = ScoreCache(
         url,
         ttl_s=config.cache_ttl_s,
         timeout_s=config.cache_timeout_ms / 1000.0,
         namespace=config.cache_namespace,
     )
-    router = Router(config, bundle, TaskClassifier(bundle, embedder), cache)
+    state = bandit_state(config, url, pool, bundle.manifest.router.embed_dim) if url else None
+    downstream = Downstream(config.expert_endpoints, config.aggregator, config.external_endpoints)
+    router = Router(config, bundle, TaskClassifier(bundle, embedder), cache, downstream, pool, state)
     servicer = RewardServicer(router)
     server = create_server(
         lambda s: reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, s),

@@ -69,20 +69,33 @@ class TaskClassifier:
                 out.append(Route(self.tasks[best], float(row[best])))
         return out
 
+    def embed(self, texts: Sequence[str]) -> np.ndarray:
+        """Prompt embeddings of rendered conversations (blocking).
+
+        Shape: N texts -> (N, E) float32, unit norm.
+        """
+        self.load()
+        return self._embedder.embed(list(texts))
+
     def classify(self, texts: Sequence[str]) -> np.ndarray:
         """Task probabilities of rendered conversations (blocking; embeds them).
 
         Shape: N texts -> (N, T).
         """
-        self.load()
-        return self.probabilities(self._embedder.embed(list(texts)))
+        return self.probabilities(self.embed(texts))
+
+    async def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """:meth:`embed` on the worker thread, off the event loop. Shape: N -> (N, E)."""
+        if not prompts:
+            return np.zeros((0, self.weight.shape[1]), dtype=np.float32)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self.embed, list(prompts))
 
     async def route_prompts(self, prompts: Sequence[str]) -> list[Route]:
         """One route per prompt; embeds on the worker thread, off the event loop."""
         if not prompts:
             return []
-        loop = asyncio.get_running_loop()
-        return self.routes(await loop.run_in_executor(self._executor, self.classify, list(prompts)))
+        return self.routes(self.probabilities(await self.embed_prompts(prompts)))
 
     def close(self) -> None:
         self._executor.shutdown(wait=False)

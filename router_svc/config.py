@@ -2,22 +2,47 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from moerm.config import option
+from moerm.routing.bandits import POLICY_CLASSES
+from moerm.routing.ensembles import ENSEMBLES
 
-POLICIES = ("task", "fixed")
+BANDITS = tuple(POLICY_CLASSES)  # linucb, thompson
+POLICIES = ("task", "fixed", *BANDITS, *ENSEMBLES)
+# Policies whose decisions are remembered for Feedback (ensembles: to answer no_arm).
+REMEMBERED = (*BANDITS, *ENSEMBLES)
 
 
-def parse_endpoints(pairs: tuple[str, ...]) -> dict[str, str]:
+def parse_endpoints(pairs: tuple[str, ...], what: str = "TASK") -> dict[str, str]:
     """("code=host:port", ...) -> {"code": "host:port"}."""
     endpoints = {}
     for pair in pairs:
-        task, sep, address = pair.partition("=")
-        if not sep or not task or not address:
-            raise SystemExit(f"router_svc: expected TASK=HOST:PORT, got {pair!r}")
-        endpoints[task.strip()] = address.strip()
+        name, sep, address = pair.partition("=")
+        if not sep or not name.strip() or not address.strip():
+            raise SystemExit(f"router_svc: expected {what}=HOST:PORT, got {pair!r}")
+        endpoints[name.strip()] = address.strip()
     return endpoints
+
+
+def parse_norms(pairs: tuple[str, ...]) -> dict[str, tuple[float, float]]:
+    """("base:code=0.1:2.0", ...) -> {"base:code": (0.1, 2.0)}: a reward model's
+    reference mean and standard deviation."""
+    norms = {}
+    for pair in pairs:
+        name, _, values = pair.rpartition("=")
+        mean, sep, std = values.partition(":")
+        try:
+            parsed = (float(mean), float(std))
+        except ValueError:
+            parsed = None
+        if not name or not sep or parsed is None or not all(map(math.isfinite, parsed)) or parsed[1] <= 0:
+            raise SystemExit(
+                f"router_svc: expected NAME=MEAN:STD with a finite mean and STD > 0, got {pair!r}"
+            )
+        norms[name.strip()] = parsed
+    return norms
 
 
 @dataclass(frozen=True)
@@ -29,17 +54,36 @@ class RouterConfig:
         (), "expert addresses, TASK=HOST:PORT, comma-separated (dns:/// targets round-robin)"
     )
     aggregator: str = option("", "aggregator address HOST:PORT")
+    external: tuple[str, ...] = option(
+        (), "external reward models speaking moerm.v1.ExpertService, NAME=HOST:PORT, comma-separated"
+    )
+    rm_norm: tuple[str, ...] = option(
+        (), "reward-model normalization, NAME=MEAN:STD, comma-separated (base: and external members)"
+    )
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
     redis_url: str = option(
-        "", "score cache: redis://HOST:PORT/DB; empty starts an embedded server; 'off' disables"
+        "",
+        "score cache and bandit state: redis://HOST:PORT/DB; empty starts an embedded server; "
+        "'off' disables both (no bandit policies, no Feedback)",
     )
     cache_ttl_s: int = option(86400, "seconds a cached score lives")
-    cache_namespace: str = option("", "prefix of every cache key (clusters sharing one Redis)")
+    cache_namespace: str = option(
+        "", "prefix of every cache and bandit key (clusters sharing one Redis; replicas share it)"
+    )
     cache_timeout_ms: float = option(250.0, "a cache call slower than this is bypassed")
     default_policy: str = option("task", f"routing policy when a request names none ({', '.join(POLICIES)})")
-    max_items: int = option(1024, "most items in one Score request")
+    linucb_alpha: float = option(0.1, "LinUCB exploration weight alpha")
+    linucb_lambda: float = option(1.0, "LinUCB ridge regularization lambda")
+    thompson_lambda0: float = option(10.0, "Thompson sampling prior precision lambda0")
+    thompson_prior: str = option("", "offline router file (moerm.routing.prior) giving Thompson's prior mean")
+    bandit_seed: int = option(0, "seed of Thompson sampling's random generator")
+    uwo_lambda: float = option(0.5, "uwo ensemble: mean - lambda * variance over the members")
+    decision_ttl_s: int = option(86400, "seconds a scored item's routing decision waits for its feedback")
+    bandit_timeout_ms: float = option(2000.0, "deadline of a bandit-state call to Redis")
+    describe_timeout_s: float = option(30.0, "how long start-up waits for each external reward model")
+    max_items: int = option(1024, "most items in one Score or Feedback request")
     max_text_chars: int = option(32768, "longest prompt, message or response, in characters")
     default_timeout_s: float = option(60.0, "deadline for downstream calls when the caller sets none")
     grace_s: float = option(10.0, "seconds to drain in-flight calls on shutdown")
@@ -52,10 +96,26 @@ class RouterConfig:
             raise SystemExit("router_svc: --aggregator (or MOERM_AGGREGATOR) is required")
         if self.default_policy not in POLICIES:
             raise SystemExit(f"router_svc: unknown default policy {self.default_policy!r}")
+        if self.default_policy == "fixed":
+            raise SystemExit("router_svc: the fixed policy needs a reward model per request, not as default")
         parse_endpoints(self.experts)
+        parse_endpoints(self.external, "NAME")
+        parse_norms(self.rm_norm)
         if self.max_items < 1 or self.max_text_chars < 1:
             raise SystemExit("router_svc: max_items and max_text_chars must be positive")
+        if self.linucb_lambda <= 0 or self.thompson_lambda0 <= 0 or self.linucb_alpha < 0:
+            raise SystemExit("router_svc: --linucb-lambda and --thompson-lambda0 must be > 0, alpha >= 0")
+        if self.uwo_lambda < 0 or self.decision_ttl_s < 1:
+            raise SystemExit("router_svc: --uwo-lambda must be >= 0 and --decision-ttl-s positive")
 
     @property
     def expert_endpoints(self) -> dict[str, str]:
         return parse_endpoints(self.experts)
+
+    @property
+    def external_endpoints(self) -> dict[str, str]:
+        return parse_endpoints(self.external, "NAME")
+
+    @property
+    def norms(self) -> dict[str, tuple[float, float]]:
+        return parse_norms(self.rm_norm)

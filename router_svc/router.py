@@ -1,12 +1,28 @@
-"""The router's core: cache lookup, routing, fan-out to experts, aggregation,
-cache write, in-order answers."""
+"""The router's core. A Score call:
+
+1. prompt embeddings, cached per conversation (:mod:`router_svc.contexts`), and the
+   classifier's routes from them (every policy but ``fixed``);
+2. the policy's reward models per item: ``task`` the routed task's ``dmoerm:`` expert
+   set, ``fixed`` the named one, ``linucb``/``thompson`` one arm of the pool per
+   distinct prompt, ``mean``/``worst``/``uwo`` every member of the pool;
+3. scores per (reward model, item) from the cache, the misses from the reward models
+   (:mod:`router_svc.fanout`), written back only once all of them succeeded;
+4. each item's reward: the member's normalized score, or the ensemble rule over all
+   members' normalized scores;
+5. for the policies that learn (bandits) or must answer ``no_arm`` (ensembles), the
+   decision per item id in the bandit store, for Feedback.
+
+Feedback goes to :class:`moerm.routing.state.RoutingState`.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import time
+import uuid
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import grpc
@@ -14,204 +30,306 @@ import numpy as np
 
 from moerm.bundle import Bundle
 from moerm.cache import ScoreCache, cache_key
-from moerm.errors import DeadlineExceeded, Internal, MoermError, Unavailable, from_rpc_error
-from moerm.server import MAX_MESSAGE_BYTES
-from moerm.tensors import from_proto
-from moerm.text import render_conversation
-from moerm.v1 import aggregator_pb2, aggregator_pb2_grpc, expert_pb2, expert_pb2_grpc, tensor_pb2
+from moerm.errors import MoermError, NotFound, Unavailable
+from moerm.routing.ensembles import combine
+from moerm.routing.pool import Normalization, RewardModelPool, dmoerm_name
+from moerm.routing.state import NOT_FOUND, RoutingState
+from moerm.routing.store import Decision
 from router_svc.classifier import Route, TaskClassifier
-from router_svc.config import POLICIES, RouterConfig
-from router_svc.validation import Item, ScoreCall
+from router_svc.config import BANDITS, ENSEMBLES, POLICIES, REMEMBERED, RouterConfig
+from router_svc.contexts import PromptContexts
+from router_svc.fanout import Downstream, Job, MemberScore
+from router_svc.validation import FeedbackCall, Item, ScoreCall
 
 log = logging.getLogger(__name__)
 
-RM_PREFIX = "dmoerm:"  # reward-model names of the bundle's task expert sets
-CHANNEL_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-    # With a dns:/// target of a headless Service, spread calls over replicas.
-    ("grpc.lb_policy_name", "round_robin"),
-]
+SCORE_ENTRY = "rm"  # the cache key's policy slot: scores are cached per reward model, not per policy
+
+
+class BanditsDisabled(MoermError):
+    """Feedback or a bandit policy on a router without a bandit store."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
 
 
 @dataclass(frozen=True)
 class ItemScore:
-    reward: float
+    reward: float  # normalized
     task: str
     confidence: float
     capabilities: dict[str, float]
     reward_models: tuple[str, ...]
+    policy: str
     cached: bool = False
+    member_rewards: dict[str, float] = field(default_factory=dict)  # ensembles only
 
-    def to_cache(self) -> dict:
-        return {
-            "r": self.reward,
-            "t": self.task,
-            "c": self.confidence,
-            "caps": self.capabilities,
-            "rms": list(self.reward_models),
-        }
 
-    @classmethod
-    def from_cache(cls, value: dict) -> ItemScore | None:
-        """The cached score, or None (a miss) for an entry of another shape."""
-        try:
-            return cls(
-                reward=float(value["r"]),
-                task=str(value["t"]),
-                confidence=float(value["c"]),
-                capabilities={str(k): float(v) for k, v in value["caps"].items()},
-                reward_models=tuple(str(m) for m in value["rms"]),
-                cached=True,
-            )
-        except (KeyError, TypeError, ValueError, AttributeError):
-            return None
+@dataclass(frozen=True)
+class ScoredCall:
+    request_id: str
+    ids: list[str]  # one per item: the caller's, or assigned
+    scores: list[ItemScore]
 
 
 @dataclass
 class RouterStats:
     requests: int = 0
     items: int = 0
-    routed_prompts: int = 0
-    expert_calls: int = 0
     fallbacks: int = 0
     by_task: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    by_reward_model: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # scores computed
+    feedback_items: int = 0
+    feedback_applied: int = 0
+    bandit_store_errors: int = 0  # store calls that failed (choices fell back to local state)
 
 
 class Router:
-    def __init__(self, config: RouterConfig, bundle: Bundle, classifier: TaskClassifier, cache: ScoreCache):
+    def __init__(
+        self,
+        config: RouterConfig,
+        bundle: Bundle,
+        classifier: TaskClassifier,
+        cache: ScoreCache,
+        downstream: Downstream,
+        pool: RewardModelPool,
+        state: RoutingState | None,
+    ):
+        missing = sorted(set(bundle.manifest.tasks) - set(config.expert_endpoints))
+        if missing:
+            raise ValueError(f"router_svc: no expert address for tasks {missing} (--experts TASK=HOST:PORT)")
         self.config = config
         self.bundle = bundle
         self.classifier = classifier
         self.cache = cache
+        self.downstream = downstream
+        self.pool = pool
+        self.state = state
+        self.contexts = PromptContexts(classifier, cache, bundle.version)
         self.stats = RouterStats()
-        endpoints = config.expert_endpoints
-        missing = sorted(set(bundle.manifest.tasks) - set(endpoints))
-        if missing:
-            raise ValueError(f"router_svc: no expert address for tasks {missing} (--experts TASK=HOST:PORT)")
-        self._channels = {
-            task: grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-            for task, address in endpoints.items()
-        }
-        self.experts = {task: expert_pb2_grpc.ExpertServiceStub(ch) for task, ch in self._channels.items()}
-        self._agg_channel = grpc.aio.insecure_channel(config.aggregator, options=CHANNEL_OPTIONS)
-        self.aggregator = aggregator_pb2_grpc.AggregatorServiceStub(self._agg_channel)
+        self.loaded = False
+
+    async def load(self) -> None:
+        """Load the embedder, describe the external reward models, catch up with the
+        bandit log. Score answers UNAVAILABLE until this is done."""
+        await asyncio.to_thread(self.classifier.load)
+        for spec in self.pool.externals():
+            description = await self.downstream.describe(spec.name, self.config.describe_timeout_s)
+            declared = (
+                Normalization(description.norm_mean, description.norm_std, "describe")
+                if description.norm_std > 0
+                else None
+            )
+            self.pool = self.pool.described(
+                spec.name, task=description.task, version=description.bundle_version, norm=declared
+            )
+            if self.pool[spec.name].norm.source == "none":
+                log.warning("external reward model %r declares no normalization; using raw scores", spec.name)
+        if self.state is not None:
+            try:
+                applied = await self.state.sync()
+                log.info("bandit state: %d feedback events replayed", applied)
+            except Exception as error:  # the store may come up later; choices sync again
+                self.stats.bandit_store_errors += 1
+                log.warning("bandit store unreachable at start-up: %s", error)
+        self.loaded = True
 
     @property
     def policies(self) -> tuple[str, ...]:
+        if self.state is None:
+            return tuple(p for p in POLICIES if p not in BANDITS)
         return POLICIES
 
     @property
     def reward_models(self) -> tuple[str, ...]:
-        return tuple(RM_PREFIX + task for task in self.bundle.manifest.tasks)
+        return self.pool.names
 
-    def _key(self, call: ScoreCall, item: Item) -> str:
-        return cache_key(self.bundle.version, call.policy, call.reward_model, item.turns, item.response)
+    def remembers(self, policy: str) -> bool:
+        """Whether Score keeps a decision per item for Feedback under ``policy``."""
+        return self.state is not None and policy in REMEMBERED
 
-    async def _routes(self, call: ScoreCall, items: list[Item]) -> list[Route]:
-        """A route per item, classifying each distinct conversation once."""
-        if call.policy == "fixed":
-            task = call.reward_model.removeprefix(RM_PREFIX)
-            return [Route(task, 1.0)] * len(items)
-        prompts = [render_conversation(item.turns) for item in items]
-        distinct = list(dict.fromkeys(prompts))
-        routes = dict(zip(distinct, await self.classifier.route_prompts(distinct), strict=True))
-        self.stats.routed_prompts += len(distinct)
-        self.stats.fallbacks += sum(r.fallback for r in routes.values())
-        return [routes[p] for p in prompts]
-
-    async def _call_expert(self, task: str, items: list[Item], timeout: float) -> expert_pb2.ExpertResponse:
-        request = expert_pb2.ExpertRequest(task=task, return_hidden=True)
-        for item in items:
-            request.items.append(
-                expert_pb2.ExpertItem(
-                    messages=[tensor_pb2.Message(role=t.role, content=t.content) for t in item.turns],
-                    response=item.response,
-                )
-            )
-        self.stats.expert_calls += 1
-        try:
-            return await self.experts[task].ScoreBatch(request, timeout=timeout)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, f"expert {task!r}") from None
-
-    async def score(self, call: ScoreCall, time_remaining: float | None) -> list[ItemScore]:
+    async def score(self, call: ScoreCall, time_remaining: float | None) -> ScoredCall:
         """Scores in item order. Nothing is cached unless every item scored."""
+        if not self.loaded:
+            raise Unavailable("the router is still starting")
         deadline = time.monotonic() + (
             time_remaining if time_remaining is not None else self.config.default_timeout_s
         )
         self.stats.requests += 1
         self.stats.items += len(call.items)
-        keys = [self._key(call, item) for item in call.items]
-        cached = await self.cache.get_many(keys)
-        results: list[ItemScore | None] = [ItemScore.from_cache(v) if v else None for v in cached]
-        # Identical items within one request are scored once.
-        todo: dict[str, list[int]] = defaultdict(list)
-        for i, result in enumerate(results):
-            if result is None:
-                todo[keys[i]].append(i)
-        if not todo:
-            return results  # type: ignore[return-value]
-        first = [positions[0] for positions in todo.values()]
-        miss_items = [call.items[i] for i in first]
-        routes = await self._routes(call, miss_items)
-        groups: dict[str, list[int]] = defaultdict(list)  # task -> indices into `first`
-        for j, route in enumerate(routes):
-            groups[route.task].append(j)
-            self.stats.by_task[route.task] += 1
+        request_id = uuid.uuid4().hex
+        remembered = self.remembers(call.policy)
+        ids = [item.id or (f"{request_id}/{i}" if remembered else "") for i, item in enumerate(call.items)]
+        contexts, probabilities, routes = None, None, None
+        if call.policy != "fixed":
+            contexts = await self.contexts.embed([item.turns for item in call.items])
+            probabilities = self.classifier.probabilities(contexts)
+            routes = self.classifier.routes(probabilities)
+            self.stats.fallbacks += sum(route.fallback for route in routes)
+        members = await self._members(call, contexts, routes)
+        scores = await self._member_scores(call.items, members, deadline)
+        results = [
+            self._ensemble(call.policy, scores[i], routes[i])
+            if call.policy in ENSEMBLES
+            else self._single(call.policy, members[i][0], scores[i], probabilities, i)
+            for i in range(len(call.items))
+        ]
+        for result in results:
+            if result.task:
+                self.stats.by_task[result.task] += 1
+        if remembered:
+            await self._remember(call.policy, ids, members, contexts)
+        return ScoredCall(request_id, ids, results)
 
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded("deadline passed before the experts were called")
-        tasks = list(groups)
-        replies = await asyncio.gather(
-            *(self._call_expert(t, [miss_items[j] for j in groups[t]], remaining) for t in tasks),
-            return_exceptions=True,
-        )
-        for reply in replies:
-            if isinstance(reply, MoermError):
-                raise reply
-            if isinstance(reply, BaseException):
-                raise Internal(f"expert call failed: {type(reply).__name__}") from reply
+    async def _members(
+        self, call: ScoreCall, contexts: np.ndarray | None, routes: list[Route] | None
+    ) -> list[tuple[str, ...]]:
+        """The reward models that score each item under the call's policy."""
+        n = len(call.items)
+        if call.policy == "fixed":
+            return [(call.reward_model,)] * n
+        if call.policy == "task":
+            return [(dmoerm_name(route.task),) for route in routes]
+        if call.policy in ENSEMBLES:
+            return [self.pool.names] * n
+        return [(arm,) for arm in await self._choose(call.policy, call.items, contexts)]
 
-        agg_request = aggregator_pb2.AggregateRequest()
-        for task, reply in zip(tasks, replies, strict=True):
-            agg_request.batches.append(
-                aggregator_pb2.TaskOutputs(
-                    task=task, capabilities=reply.capabilities, scores=reply.scores, hidden=reply.hidden
-                )
-            )
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise DeadlineExceeded("deadline passed before aggregation")
+    async def _choose(self, policy: str, items: Sequence[Item], contexts: np.ndarray) -> list[str]:
+        """One bandit arm per distinct prompt, shared by all of its responses (a GRPO
+        group or best-of-n set is scored by one reward model)."""
+        if self.state is None:
+            raise BanditsDisabled(f"the {policy} policy needs the bandit store (--redis-url is off)")
+        first: dict[tuple, int] = {}
+        rows = [first.setdefault(item.turns, i) for i, item in enumerate(items)]
+        distinct = sorted(set(rows))
         try:
-            aggregated = await self.aggregator.Aggregate(agg_request, timeout=remaining)
-        except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, "aggregator") from None
+            arms = await self.state.choose(policy, contexts[distinct])
+        except MoermError:
+            raise
+        except Exception as error:  # store down: choose from this replica's state as it is
+            self.stats.bandit_store_errors += 1
+            log.warning("bandit store unreachable, choosing without syncing: %s", error)
+            arms = getattr(self.state, policy).choose(contexts[distinct], self.state.rng)
+        arm_of = dict(zip(distinct, arms, strict=True))
+        return [self.state.arms[arm_of[row]] for row in rows]
 
-        fresh: dict[str, dict] = {}
-        for task, reply, rewards in zip(tasks, replies, aggregated.batches, strict=True):
-            scores = from_proto(reply.scores, f"expert {task!r} scores")
-            caps = list(reply.capabilities)
-            for row, (j, reward) in enumerate(zip(groups[task], rewards.rewards, strict=True)):
-                if not np.isfinite(reward) or not np.all(np.isfinite(scores[row])):
-                    raise Unavailable(f"expert {task!r} returned a non-finite score")
-                score = ItemScore(
-                    reward=float(reward),
-                    task=task,
-                    confidence=routes[j].confidence,
-                    capabilities={c: float(s) for c, s in zip(caps, scores[row], strict=True)},
-                    reward_models=(RM_PREFIX + task,),
+    async def _member_scores(
+        self, items: Sequence[Item], members: Sequence[tuple[str, ...]], deadline: float
+    ) -> list[dict[str, MemberScore]]:
+        """Per item, reward model -> its score: cached per (reward model, item); each
+        distinct miss is computed once."""
+        owner: dict[str, tuple[str, Item]] = {}  # cache key -> (reward model, item)
+        per_item: list[dict[str, str]] = []  # reward model -> cache key
+        for item, names in zip(items, members, strict=True):
+            keys = {}
+            for name in names:
+                spec = self.pool[name]
+                keys[name] = cache_key(
+                    self.bundle.version, SCORE_ENTRY, spec.cache_id, item.turns, item.response
                 )
-                key = keys[first[j]]
-                for i in todo[key]:
-                    results[i] = score
-                fresh[key] = score.to_cache()
-        await self.cache.set_many(fresh)
-        return results  # type: ignore[return-value]
+                owner.setdefault(keys[name], (name, item))
+            per_item.append(keys)
+        distinct = list(owner)
+        found = {
+            key: MemberScore.from_cache(value)
+            for key, value in zip(distinct, await self.cache.get_many(distinct), strict=True)
+        }
+        misses = [key for key in distinct if found[key] is None]
+        if misses:
+            item_keys = {item: k for k, item in enumerate(dict.fromkeys(items))}
+            jobs = [Job(self.pool[name], item, item_keys[item]) for name, item in map(owner.get, misses)]
+            fresh = await self.downstream.score(jobs, deadline)
+            found.update(zip(misses, fresh, strict=True))
+            for job in jobs:
+                self.stats.by_reward_model[job.spec.name] += 1
+            await self.cache.set_many({key: found[key].to_cache() for key in misses})
+        return [{name: found[key] for name, key in keys.items()} for keys in per_item]
+
+    def _single(
+        self,
+        policy: str,
+        name: str,
+        scores: dict[str, MemberScore],
+        probabilities: np.ndarray | None,
+        row: int,
+    ) -> ItemScore:
+        """The result of one reward model. ``route_confidence`` is the classifier's
+        probability of the reward model's task (1.0 for fixed, 0.0 for an external)."""
+        spec, score = self.pool[name], scores[name]
+        task = spec.task if spec.in_bundle else ""
+        if policy == "fixed":
+            confidence = 1.0
+        elif not task:
+            confidence = 0.0
+        else:
+            confidence = float(probabilities[row, self.classifier.tasks.index(task)])
+        return ItemScore(
+            reward=float(spec.normalize(score.raw)),
+            task=task,
+            confidence=confidence,
+            capabilities=score.capabilities,
+            reward_models=(name,),
+            policy=policy,
+            cached=score.cached,
+        )
+
+    def _ensemble(self, rule: str, scores: dict[str, MemberScore], route: Route) -> ItemScore:
+        """The ensemble rule over every member's normalized score; ``task`` and the
+        breakdown are the classifier's route and its task's expert set."""
+        names = self.pool.names
+        normalized = np.array([self.pool[name].normalize(scores[name].raw) for name in names])
+        reward = combine(normalized[None, :], rule, self.config.uwo_lambda)[0]
+        return ItemScore(
+            reward=float(reward),
+            task=route.task,
+            confidence=route.confidence,
+            capabilities=scores[dmoerm_name(route.task)].capabilities,
+            reward_models=names,
+            policy=rule,
+            cached=all(scores[name].cached for name in names),
+            member_rewards=dict(zip(names, normalized.tolist(), strict=True)),
+        )
+
+    async def _remember(
+        self, policy: str, ids: Sequence[str], members: Sequence[tuple[str, ...]], contexts: np.ndarray
+    ) -> None:
+        """The decision per item id, for Feedback (one pipeline). A store failure does
+        not fail the call: that feedback will answer not_found."""
+        decisions = {
+            item_id: Decision(names[0] if policy in BANDITS else "", contexts[i], policy)
+            for i, (item_id, names) in enumerate(zip(ids, members, strict=True))
+        }
+        try:
+            await self.state.store.remember(decisions)
+        except Exception as error:
+            self.stats.bandit_store_errors += 1
+            log.warning("bandit store unreachable, %d decisions not remembered: %s", len(decisions), error)
+
+    async def feedback(self, call: FeedbackCall) -> dict[str, str]:
+        """Outcome per id (see :meth:`RoutingState.feedback`). NOT_FOUND when no id is
+        known; otherwise the known ones are applied and the rest reported per item."""
+        if self.state is None:
+            raise BanditsDisabled("Feedback needs the bandit store; this router runs with --redis-url off")
+        try:
+            outcomes = await self.state.feedback(call.ids, call.rewards)
+        except MoermError:
+            raise
+        except Exception as error:
+            self.stats.bandit_store_errors += 1
+            raise Unavailable(f"bandit store unavailable ({type(error).__name__}: {error})") from error
+        self.stats.feedback_items += len(call.ids)
+        self.stats.feedback_applied += sum(outcome == "applied" for outcome in outcomes.values())
+        unknown = [item_id for item_id in call.ids if outcomes[item_id] == NOT_FOUND]
+        if len(unknown) == len(call.ids):
+            shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            raise NotFound(
+                f"no scored item with ids {shown}: unknown, expired (--decision-ttl-s "
+                f"{self.config.decision_ttl_s}), or scored by a policy that keeps no decisions (task, fixed)"
+            )
+        return outcomes
 
     async def close(self) -> None:
-        for channel in (*self._channels.values(), self._agg_channel):
-            await channel.close()
+        await self.downstream.close()
         await self.cache.close()
+        if self.state is not None:
+            await self.state.store.redis.aclose()
         self.classifier.close()

@@ -6,7 +6,14 @@ import grpc
 
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from router_svc.router import Router
-from router_svc.validation import parse_request
+from router_svc.validation import parse_feedback, parse_request
+
+OUTCOMES = {
+    "applied": reward_pb2.FEEDBACK_OUTCOME_APPLIED,
+    "duplicate": reward_pb2.FEEDBACK_OUTCOME_DUPLICATE,
+    "not_found": reward_pb2.FEEDBACK_OUTCOME_NOT_FOUND,
+    "no_arm": reward_pb2.FEEDBACK_OUTCOME_NO_ARM,
+}
 
 
 class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
@@ -22,14 +29,15 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             default_policy=config.default_policy,
             policies=self.router.policies,
             reward_models=self.router.reward_models,
+            remembered=tuple(p for p in self.router.policies if self.router.remembers(p)),
         )
-        scores = await self.router.score(call, context.time_remaining())
+        scored = await self.router.score(call, context.time_remaining())
         version = self.router.bundle.version
-        response = reward_pb2.ScoreResponse(bundle_version=version)
-        for item, score in zip(call.items, scores, strict=True):
+        response = reward_pb2.ScoreResponse(bundle_version=version, request_id=scored.request_id)
+        for item_id, score in zip(scored.ids, scored.scores, strict=True):
             response.results.append(
                 reward_pb2.ScoreResult(
-                    id=item.id,
+                    id=item_id,
                     reward=score.reward,
                     task=score.task,
                     route_confidence=score.confidence,
@@ -37,6 +45,17 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                     reward_models=score.reward_models,
                     bundle_version=version,
                     cached=score.cached,
+                    policy=score.policy,
+                    member_rewards=score.member_rewards if call.breakdown else {},
                 )
             )
+        return response
+
+    async def Feedback(self, request: reward_pb2.FeedbackRequest, context: grpc.aio.ServicerContext):
+        call = parse_feedback(request, max_items=self.router.config.max_items)
+        outcomes = await self.router.feedback(call)
+        response = reward_pb2.FeedbackResponse(
+            results=[reward_pb2.FeedbackResult(id=i, outcome=OUTCOMES[outcomes[i]]) for i in call.ids]
+        )
+        response.applied = sum(r.outcome == reward_pb2.FEEDBACK_OUTCOME_APPLIED for r in response.results)
         return response

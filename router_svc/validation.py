@@ -1,12 +1,17 @@
-"""Validate a ScoreRequest into domain items; every problem names its field."""
+"""Validate Score and Feedback requests into domain types; every problem names its field."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+
+import numpy as np
 
 from moerm.errors import FieldViolation, InvalidArgument
 from moerm.text import ROLES, Turn, normalize
 from moerm.v1 import reward_pb2
+
+MAX_ID_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -32,8 +37,13 @@ def parse_request(
     default_policy: str,
     policies: tuple[str, ...],
     reward_models: tuple[str, ...],
+    remembered: tuple[str, ...] = (),
 ) -> ScoreCall:
-    """Check every item and option; raise one InvalidArgument listing all problems."""
+    """Check every item and option; raise one InvalidArgument listing all problems.
+
+    Policies in ``remembered`` keep a decision per item id for Feedback, so their
+    caller-given ids must be unique within the request.
+    """
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
     if len(request.items) > max_items:
@@ -68,8 +78,21 @@ def parse_request(
         )
 
     items = []
+    first_of_id: dict[str, int] = {}
     for i, raw in enumerate(request.items):
         where = f"items[{i}]"
+        if len(raw.id) > MAX_ID_CHARS:
+            violations.append(FieldViolation(f"{where}.id", f"longer than {MAX_ID_CHARS} characters"))
+        elif raw.id and policy in remembered:
+            if raw.id in first_of_id:
+                violations.append(
+                    FieldViolation(
+                        f"{where}.id",
+                        f"{raw.id!r} repeats items[{first_of_id[raw.id]}].id; the {policy} policy "
+                        "needs unique ids for feedback",
+                    )
+                )
+            first_of_id.setdefault(raw.id, i)
         turns: list[Turn] = []
         if raw.prompt and raw.messages:
             violations.append(FieldViolation(f"{where}.prompt", "set prompt or messages, not both"))
@@ -101,4 +124,40 @@ def parse_request(
         raise InvalidArgument(violations)
     return ScoreCall(
         items=items, policy=policy, reward_model=request.reward_model, breakdown=request.return_breakdown
+    )
+
+
+@dataclass(frozen=True)
+class FeedbackCall:
+    ids: list[str]
+    rewards: np.ndarray  # (N,) float64, finite
+
+
+def parse_feedback(request: reward_pb2.FeedbackRequest, *, max_items: int) -> FeedbackCall:
+    """Check every feedback item; raise one InvalidArgument listing all problems."""
+    if not request.items:
+        raise InvalidArgument.field("items", "at least one item is required")
+    if len(request.items) > max_items:
+        raise InvalidArgument.field(
+            "items", f"{len(request.items)} items exceed the limit of {max_items} per request"
+        )
+    violations: list[FieldViolation] = []
+    first_of_id: dict[str, int] = {}
+    for i, item in enumerate(request.items):
+        if not item.id:
+            violations.append(FieldViolation(f"items[{i}].id", "must not be empty (use a ScoreResult.id)"))
+        elif len(item.id) > MAX_ID_CHARS:
+            violations.append(FieldViolation(f"items[{i}].id", f"longer than {MAX_ID_CHARS} characters"))
+        elif item.id in first_of_id:
+            violations.append(
+                FieldViolation(f"items[{i}].id", f"{item.id!r} repeats items[{first_of_id[item.id]}].id")
+            )
+        first_of_id.setdefault(item.id, i)
+        if not math.isfinite(item.reward):
+            violations.append(FieldViolation(f"items[{i}].reward", f"must be finite, got {item.reward}"))
+    if violations:
+        raise InvalidArgument(violations)
+    return FeedbackCall(
+        ids=[item.id for item in request.items],
+        rewards=np.array([item.reward for item in request.items], dtype=np.float64),
     )

@@ -281,8 +281,8 @@ def score_candidates(settings: OveroptSettings, rows: list[dict], bundle, proxy_
     import torch
 
     from aggregator_svc.aggregator import Aggregator
-    from moerm.evaluate.systems import ensemble
     from moerm.experts import load_task_base_model, load_task_experts
+    from moerm.routing.ensembles import combine
     from moerm.train.loop import PairTokenizer
     from moerm.train.recipe import load_reward_model
 
@@ -326,7 +326,7 @@ def score_candidates(settings: OveroptSettings, rows: list[dict], bundle, proxy_
                 s, h = (t.numpy() for t in experts(ids, mask))
                 per_system["base"][i] = base(ids, mask).tolist()
             for rule in ("mean", "worst", "uwo"):
-                per_system[rule][i] = ensemble(s, rule).tolist()
+                per_system[rule][i] = combine(s, rule).tolist()
             per_system["dmoerm"][i] = aggregator.tasks[task].raw(s, h).tolist()
     scores.update(per_system)
     path.write_text(json.dumps(scores))

@@ -19,27 +19,15 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-import numpy as np
 import torch
 
 from moerm.bundle import Bundle
 from moerm.data.records import PreferencePair
+from moerm.routing.ensembles import combine
 from moerm.train.loop import PairTokenizer
 from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 SYSTEMS = ("single", "base", "mean", "worst", "uwo", "dmoerm")
-UWO_LAMBDA = 0.5
-
-
-def ensemble(scores: np.ndarray, rule: str, lam: float = UWO_LAMBDA) -> np.ndarray:
-    """Shape: (N, K) -> (N,)."""
-    if rule == "mean":
-        return scores.mean(axis=1)
-    if rule == "worst":
-        return scores.min(axis=1)
-    if rule == "uwo":
-        return scores.mean(axis=1) - lam * scores.var(axis=1)
-    raise ValueError(rule)
 
 
 def route(classifier, pairs: Sequence[PreferencePair]) -> list[str]:
@@ -100,7 +88,7 @@ def task_margins(
     def score(ids, mask, *trunk_states):
         scores, hidden = experts(ids, mask, *trunk_states)
         s, h = scores.numpy(), hidden.numpy()
-        out = {rule: torch.from_numpy(ensemble(s, rule)) for rule in ("mean", "worst", "uwo")}
+        out = {rule: torch.from_numpy(combine(s, rule)) for rule in ("mean", "worst", "uwo")}
         out["dmoerm"] = torch.from_numpy(aggregator.raw(s, h))
         out["base"] = base(ids, mask, *trunk_states)
         return out

@@ -54,7 +54,8 @@ class ExpertServiceServicer:
     """
 
     def ScoreBatch(self, request, context):
-        """Score a batch with all K capability experts of the task.
+        """Score a batch with all K capability experts of the task (and, on
+        request, the task base reward model).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,11 +1,25 @@
 from moerm.v1 import tensor_pb2 as _tensor_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from collections.abc import Iterable as _Iterable, Mapping as _Mapping
 from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class FeedbackOutcome(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FEEDBACK_OUTCOME_UNSPECIFIED: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_APPLIED: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_DUPLICATE: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_NOT_FOUND: _ClassVar[FeedbackOutcome]
+    FEEDBACK_OUTCOME_NO_ARM: _ClassVar[FeedbackOutcome]
+FEEDBACK_OUTCOME_UNSPECIFIED: FeedbackOutcome
+FEEDBACK_OUTCOME_APPLIED: FeedbackOutcome
+FEEDBACK_OUTCOME_DUPLICATE: FeedbackOutcome
+FEEDBACK_OUTCOME_NOT_FOUND: FeedbackOutcome
+FEEDBACK_OUTCOME_NO_ARM: FeedbackOutcome
 
 class ScoreItem(_message.Message):
     __slots__ = ("id", "prompt", "messages", "response")
@@ -32,8 +46,15 @@ class ScoreRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., return_breakdown: _Optional[bool] = ..., policy: _Optional[str] = ..., reward_model: _Optional[str] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached")
+    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached", "policy", "member_rewards")
     class CapabilitiesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
+    class MemberRewardsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
         VALUE_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +69,8 @@ class ScoreResult(_message.Message):
     REWARD_MODELS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     CACHED_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    MEMBER_REWARDS_FIELD_NUMBER: _ClassVar[int]
     id: str
     reward: float
     task: str
@@ -56,12 +79,46 @@ class ScoreResult(_message.Message):
     reward_models: _containers.RepeatedScalarFieldContainer[str]
     bundle_version: str
     cached: bool
-    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ...) -> None: ...
+    policy: str
+    member_rewards: _containers.ScalarMap[str, float]
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ..., policy: _Optional[str] = ..., member_rewards: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
-    __slots__ = ("results", "bundle_version")
+    __slots__ = ("results", "bundle_version", "request_id")
     RESULTS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     results: _containers.RepeatedCompositeFieldContainer[ScoreResult]
     bundle_version: str
-    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ...) -> None: ...
+    request_id: str
+    def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class FeedbackItem(_message.Message):
+    __slots__ = ("id", "reward")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REWARD_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    reward: float
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ...) -> None: ...
+
+class FeedbackRequest(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[FeedbackItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[FeedbackItem, _Mapping]]] = ...) -> None: ...
+
+class FeedbackResult(_message.Message):
+    __slots__ = ("id", "outcome")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    outcome: FeedbackOutcome
+    def __init__(self, id: _Optional[str] = ..., outcome: _Optional[_Union[FeedbackOutcome, str]] = ...) -> None: ...
+
+class FeedbackResponse(_message.Message):
+    __slots__ = ("results", "applied")
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    APPLIED_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[FeedbackResult]
+    applied: int
+    def __init__(self, results: _Optional[_Iterable[_Union[FeedbackResult, _Mapping]]] = ..., applied: _Optional[int] = ...) -> None: ...

@@ -40,6 +40,11 @@ class RewardServiceStub:
                 request_serializer=moerm_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
                 response_deserializer=moerm_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
                 _registered_method=True)
+        self.Feedback = channel.unary_unary(
+                '/moerm.v1.RewardService/Feedback',
+                request_serializer=moerm_dot_v1_dot_reward__pb2.FeedbackRequest.SerializeToString,
+                response_deserializer=moerm_dot_v1_dot_reward__pb2.FeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class RewardServiceServicer:
@@ -48,9 +53,14 @@ class RewardServiceServicer:
 
     def Score(self, request, context):
         """One reward per item, in the order of the items.
-        Reserved for the routing tier: the trainer reports a scalar per scored
-        item (by ScoreResult.id) so that bandit policies can learn.
-        rpc Feedback(FeedbackRequest) returns (FeedbackResponse);
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Feedback(self, request, context):
+        """The trainer reports a scalar per scored item (by ScoreResult.id) so that
+        the bandit policies (linucb, thompson) learn which reward model to pick.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -63,6 +73,11 @@ def add_RewardServiceServicer_to_server(servicer, server):
                     servicer.Score,
                     request_deserializer=moerm_dot_v1_dot_reward__pb2.ScoreRequest.FromString,
                     response_serializer=moerm_dot_v1_dot_reward__pb2.ScoreResponse.SerializeToString,
+            ),
+            'Feedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.Feedback,
+                    request_deserializer=moerm_dot_v1_dot_reward__pb2.FeedbackRequest.FromString,
+                    response_serializer=moerm_dot_v1_dot_reward__pb2.FeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -93,6 +108,33 @@ class RewardService:
             '/moerm.v1.RewardService/Score',
             moerm_dot_v1_dot_reward__pb2.ScoreRequest.SerializeToString,
             moerm_dot_v1_dot_reward__pb2.ScoreResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Feedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/moerm.v1.RewardService/Feedback',
+            moerm_dot_v1_dot_reward__pb2.FeedbackRequest.SerializeToString,
+            moerm_dot_v1_dot_reward__pb2.FeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from moerm.errors import InvalidArgument
 from moerm.text import Turn
 from moerm.v1 import reward_pb2, tensor_pb2
-from router_svc.validation import parse_request
+from router_svc.validation import MAX_ID_CHARS, parse_feedback, parse_request
 
 MAX_ITEMS = 4
 MAX_CHARS = 50
-POLICIES = ("task", "fixed")
+POLICIES = ("task", "fixed", "linucb", "mean")
+REMEMBERED = ("linucb", "mean")
 REWARD_MODELS = ("dmoerm:code", "dmoerm:writing")
 
 
@@ -23,6 +25,7 @@ def parse(request: reward_pb2.ScoreRequest):
         default_policy="task",
         policies=POLICIES,
         reward_models=REWARD_MODELS,
+        remembered=REMEMBERED,
     )
 
 
@@ -74,6 +77,10 @@ LONG = "x" * (MAX_CHARS + 1)
         (request(GOOD, reward_model="dmoerm:exam"), ["reward_model"]),
         (request(GOOD, policy="fixed"), ["reward_model"]),
         (request(GOOD, policy="task", reward_model="dmoerm:code"), ["reward_model"]),
+        (request(GOOD, policy="linucb", reward_model="dmoerm:code"), ["reward_model"]),
+        (request(item(id="a", prompt="p"), GOOD, item(id="a", prompt="q"), policy="linucb"), ["items[2].id"]),
+        (request(item(id="a", prompt="p"), item(id="a", prompt="q"), policy="mean"), ["items[1].id"]),
+        (request(GOOD, item(id="i" * (MAX_ID_CHARS + 1), prompt="p")), ["items[1].id"]),
     ],
     ids=[
         "no-items",
@@ -94,6 +101,10 @@ LONG = "x" * (MAX_CHARS + 1)
         "unknown-reward-model",
         "fixed-without-model",
         "model-without-fixed",
+        "model-with-bandit",
+        "repeated-id-bandit",
+        "repeated-id-ensemble",
+        "long-id",
     ],
 )
 def test_bad_input_names_its_field(req: reward_pb2.ScoreRequest, expected: list[str]) -> None:
@@ -159,3 +170,48 @@ def test_policy_resolution() -> None:
     assert (call.policy, call.reward_model) == ("fixed", "dmoerm:writing")
     call = parse(request(GOOD, policy="fixed", reward_model="dmoerm:code"))
     assert (call.policy, call.reward_model) == ("fixed", "dmoerm:code")
+
+
+def test_repeated_ids_are_fine_for_policies_without_feedback() -> None:
+    call = parse(request(item(id="a", prompt="p"), item(id="a", prompt="q")))
+    assert [i.id for i in call.items] == ["a", "a"]
+    call = parse(request(item(id="", prompt="p"), item(id="", prompt="q"), policy="linucb"))
+    assert call.policy == "linucb"
+
+
+# -- Feedback -------------------------------------------------------------------------
+
+
+def feedback(*pairs: tuple[str, float]) -> reward_pb2.FeedbackRequest:
+    return reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id=i, reward=r) for i, r in pairs])
+
+
+def feedback_fields(req: reward_pb2.FeedbackRequest) -> list[str]:
+    with pytest.raises(InvalidArgument) as caught:
+        parse_feedback(req, max_items=MAX_ITEMS)
+    assert all(v.description for v in caught.value.violations)
+    return [v.field for v in caught.value.violations]
+
+
+@pytest.mark.parametrize(
+    ("req", "expected"),
+    [
+        (feedback(), ["items"]),
+        (feedback(*[("a", 1.0)] * (MAX_ITEMS + 1)), ["items"]),
+        (feedback(("a", 1.0), ("b", float("nan"))), ["items[1].reward"]),
+        (feedback(("a", float("inf"))), ["items[0].reward"]),
+        (feedback(("a", -float("inf")), ("", 0.0)), ["items[0].reward", "items[1].id"]),
+        (feedback(("a", 1.0), ("b", 0.0), ("a", 0.5)), ["items[2].id"]),
+        (feedback(("i" * (MAX_ID_CHARS + 1), 1.0)), ["items[0].id"]),
+    ],
+    ids=["empty", "too-many", "nan", "inf", "minus-inf-and-empty-id", "repeated-id", "long-id"],
+)
+def test_bad_feedback_names_its_field(req: reward_pb2.FeedbackRequest, expected: list[str]) -> None:
+    assert feedback_fields(req) == expected
+
+
+def test_good_feedback_keeps_order_and_values() -> None:
+    call = parse_feedback(feedback(("r1/0", 0.25), ("mine", -3.0), ("r1/1", 1e6)), max_items=MAX_ITEMS)
+    assert call.ids == ["r1/0", "mine", "r1/1"]
+    assert call.rewards.dtype == np.float64
+    assert call.rewards.tolist() == [0.25, -3.0, 1e6]

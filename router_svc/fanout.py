@@ -1,0 +1,258 @@
+"""Calls to the reward models of the pool: the bundle's expert services (capability
+experts and task base models), external ExpertServices and the aggregator.
+
+:meth:`Downstream.score` takes (reward model, item) jobs and makes the fewest calls:
+per task one ``ScoreBatch`` for its ``dmoerm:`` items (asking for base scores too when
+every one of them also needs ``base:``) and one ``base_only`` call for the remaining
+``base:`` items; per external one call; then one ``Aggregate`` for every task's expert
+outputs. All calls of a stage run concurrently with the rest of the deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Sequence
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+
+from moerm.errors import DeadlineExceeded, Internal, MoermError, Unavailable, from_rpc_error
+from moerm.routing.pool import BASE, DMOERM, EXTERNAL, RewardModelSpec
+from moerm.server import MAX_MESSAGE_BYTES
+from moerm.tensors import from_proto
+from moerm.v1 import aggregator_pb2, aggregator_pb2_grpc, expert_pb2, expert_pb2_grpc, tensor_pb2
+from router_svc.validation import Item
+
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    # With a dns:/// target of a headless Service, spread calls over replicas.
+    ("grpc.lb_policy_name", "round_robin"),
+]
+
+
+@dataclass(frozen=True)
+class MemberScore:
+    """One reward model's output for one item.
+
+    ``raw``: the reward model's own scale (for ``dmoerm:`` the aggregator's output,
+    already normalized with the bundle's TaskSpec norm); the pool's normalization is
+    applied when answering, so a changed ``--rm-norm`` needs no cache flush.
+    ``capabilities``: the expert breakdown (dmoerm), the score columns (external), or
+    empty (base).
+    """
+
+    raw: float
+    capabilities: dict[str, float] = field(default_factory=dict)
+    cached: bool = False
+
+    def to_cache(self) -> dict:
+        return {"r": self.raw, "caps": self.capabilities}
+
+    @classmethod
+    def from_cache(cls, value: dict | None) -> MemberScore | None:
+        """The cached score, or None (a miss) for a missing entry or one of another shape."""
+        if value is None:
+            return None
+        try:
+            raw = float(value["r"])
+            caps = {str(k): float(v) for k, v in value["caps"].items()}
+        except (KeyError, TypeError, ValueError, AttributeError):
+            return None
+        return cls(raw, caps, cached=True) if np.isfinite(raw) else None
+
+
+@dataclass(frozen=True)
+class Job:
+    """Score ``item`` with ``spec``. Jobs with the same ``item_key`` score the same item."""
+
+    spec: RewardModelSpec
+    item: Item
+    item_key: int
+
+
+@dataclass(frozen=True)
+class Call:
+    """One ScoreBatch call. ``rows``: the job each request item answers (its dmoerm,
+    base or external job, by ``kind``); ``base_rows``: for an "experts" call that also
+    returns base scores, the base job of each request item."""
+
+    kind: str  # "experts", "base" or "external"
+    target: str  # task, or external name
+    rows: tuple[int, ...]
+    base_rows: tuple[int, ...] = ()
+
+    @property
+    def what(self) -> str:
+        return (
+            f"external reward model {self.target!r}" if self.kind == EXTERNAL else f"expert {self.target!r}"
+        )
+
+
+def plan_calls(jobs: Sequence[Job]) -> list[Call]:
+    """The fewest ScoreBatch calls for ``jobs``: per task one "experts" call for its
+    dmoerm jobs (returning base scores too when every one of those items also has a
+    base job) and one "base" call for the base jobs left; one call per external."""
+    by_task: dict[str, dict[str, list[int]]] = {}
+    by_external: dict[str, list[int]] = {}
+    for j, job in enumerate(jobs):
+        if job.spec.kind == EXTERNAL:
+            by_external.setdefault(job.spec.name, []).append(j)
+        else:
+            by_task.setdefault(job.spec.task, {DMOERM: [], BASE: []})[job.spec.kind].append(j)
+    calls = []
+    for task, rows in by_task.items():
+        base_of = {jobs[j].item_key: j for j in rows[BASE]}
+        experts = rows[DMOERM]
+        together = bool(experts) and all(jobs[j].item_key in base_of for j in experts)
+        covered = {jobs[j].item_key for j in experts} if together else set()
+        if experts:
+            base_rows = tuple(base_of[jobs[j].item_key] for j in experts) if together else ()
+            calls.append(Call("experts", task, tuple(experts), base_rows))
+        rest = tuple(j for j in rows[BASE] if jobs[j].item_key not in covered)
+        if rest:
+            calls.append(Call(BASE, task, rest))
+    calls += [Call(EXTERNAL, name, tuple(rows)) for name, rows in by_external.items()]
+    return calls
+
+
+def _request(call: Call, jobs: Sequence[Job]) -> expert_pb2.ExpertRequest:
+    items = [jobs[j].item for j in call.rows]
+    request = expert_pb2.ExpertRequest(
+        task=jobs[call.rows[0]].spec.task,
+        items=[
+            expert_pb2.ExpertItem(
+                messages=[tensor_pb2.Message(role=t.role, content=t.content) for t in item.turns],
+                response=item.response,
+            )
+            for item in items
+        ],
+    )
+    if call.kind == "experts":
+        request.return_hidden = True
+        request.return_base = bool(call.base_rows)
+    elif call.kind == BASE:
+        request.base_only = True
+    return request
+
+
+async def _gather(calls: Sequence[Awaitable]) -> list:
+    """Results of concurrent calls; the first domain error (else any failure) is raised."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for result in results:
+        if isinstance(result, MoermError):
+            raise result
+    for result in results:
+        if isinstance(result, BaseException):
+            raise Internal(f"a downstream call failed: {type(result).__name__}") from result
+    return results
+
+
+def _tensor(tensor: tensor_pb2.Tensor, shape: tuple[int, ...], what: str, name: str) -> np.ndarray:
+    """A reply tensor of the expected leading ``shape``, all finite, else UNAVAILABLE."""
+    values = from_proto(tensor, f"{what} {name}")
+    if values.shape[: len(shape)] != shape:
+        raise Unavailable(f"{what} returned {name} of shape {values.shape}, expected {shape}")
+    if not np.isfinite(values).all():
+        raise Unavailable(f"{what} returned a non-finite score")
+    return values
+
+
+class Downstream:
+    """grpc.aio channels to every task's experts, the externals and the aggregator.
+    Must be created inside the event loop."""
+
+    def __init__(self, expert_endpoints: dict[str, str], aggregator: str, external_endpoints: dict[str, str]):
+        self._channels = [grpc.aio.insecure_channel(aggregator, options=CHANNEL_OPTIONS)]
+        self.aggregator = aggregator_pb2_grpc.AggregatorServiceStub(self._channels[0])
+        self.experts = {task: self._stub(address) for task, address in expert_endpoints.items()}
+        self.externals = {name: self._stub(address) for name, address in external_endpoints.items()}
+        self.calls = 0  # ScoreBatch calls made, for stats
+
+    def _stub(self, address: str) -> expert_pb2_grpc.ExpertServiceStub:
+        self._channels.append(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        return expert_pb2_grpc.ExpertServiceStub(self._channels[-1])
+
+    async def describe(self, name: str, timeout: float) -> expert_pb2.ExpertDescription:
+        """An external reward model's Describe, waiting up to ``timeout`` for it to come up."""
+        try:
+            return await self.externals[name].Describe(
+                expert_pb2.DescribeRequest(), timeout=timeout, wait_for_ready=True
+            )
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, f"external reward model {name!r}") from None
+
+    async def score(self, jobs: Sequence[Job], deadline: float) -> list[MemberScore]:
+        """One :class:`MemberScore` per job, in job order. Raises on any failure (a
+        request is answered whole or not at all)."""
+        calls = plan_calls(jobs)
+        replies = await _gather([self._score_batch(call, _request(call, jobs), deadline) for call in calls])
+        out: list[MemberScore | None] = [None] * len(jobs)
+        experts = []
+        for call, reply in zip(calls, replies, strict=True):
+            n = len(call.rows)
+            if call.kind == EXTERNAL:
+                scores = _tensor(reply.scores, (n,), call.what, "scores")
+                if scores.ndim != 2 or scores.shape[1] < 1:
+                    raise Unavailable(f"{call.what} returned scores of shape {scores.shape}, expected (B, K)")
+                names = list(reply.capabilities) if len(reply.capabilities) == scores.shape[1] else []
+                for j, row in zip(call.rows, scores, strict=True):
+                    out[j] = MemberScore(float(row[0]), dict(zip(names, map(float, row), strict=True)))
+                continue
+            if call.kind == BASE or call.base_rows:
+                base = _tensor(reply.base_scores, (n,), call.what, "base scores")
+                for j, value in zip(call.base_rows or call.rows, base, strict=True):
+                    out[j] = MemberScore(float(value))
+            if call.kind == "experts":
+                experts.append((call, reply))
+        if experts:
+            await self._aggregate(experts, out, deadline)
+        return out  # type: ignore[return-value]
+
+    async def _score_batch(
+        self, call: Call, request: expert_pb2.ExpertRequest, deadline: float
+    ) -> expert_pb2.ExpertResponse:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline passed before {call.what} was called")
+        stub = self.externals[call.target] if call.kind == EXTERNAL else self.experts[call.target]
+        self.calls += 1
+        try:
+            return await stub.ScoreBatch(request, timeout=remaining)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, call.what) from None
+
+    async def _aggregate(self, experts: list, out: list, deadline: float) -> None:
+        """One Aggregate call for every task's expert outputs; fills the dmoerm jobs."""
+        request = aggregator_pb2.AggregateRequest(
+            batches=[
+                aggregator_pb2.TaskOutputs(
+                    task=call.target,
+                    capabilities=reply.capabilities,
+                    scores=reply.scores,
+                    hidden=reply.hidden,
+                )
+                for call, reply in experts
+            ]
+        )
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded("deadline passed before aggregation")
+        try:
+            aggregated = await self.aggregator.Aggregate(request, timeout=remaining)
+        except grpc.aio.AioRpcError as error:
+            raise from_rpc_error(error, "aggregator") from None
+        for (call, reply), batch in zip(experts, aggregated.batches, strict=True):
+            n, caps = len(call.rows), list(reply.capabilities)
+            scores = _tensor(reply.scores, (n, len(caps)), call.what, "scores")
+            rewards = np.asarray(batch.rewards, dtype=np.float32)
+            if rewards.shape != (n,) or not np.isfinite(rewards).all():
+                raise Unavailable(f"the aggregator returned bad rewards for task {call.target!r}")
+            for j, row, reward in zip(call.rows, scores, rewards, strict=True):
+                out[j] = MemberScore(float(reward), dict(zip(caps, map(float, row), strict=True)))
+
+    async def close(self) -> None:
+        for channel in self._channels:
+            await channel.close()

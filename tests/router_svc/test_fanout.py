@@ -1,0 +1,93 @@
+"""plan_calls: the fewest ScoreBatch calls for a set of (reward model, item) jobs,
+and the cache entries of member scores. No servers (the calls themselves are
+covered by tests/integration/test_routing_*.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from moerm.routing.pool import BASE, DMOERM, EXTERNAL, RewardModelSpec
+from moerm.text import Turn
+from router_svc.fanout import Call, Job, MemberScore, _request, plan_calls
+from router_svc.validation import Item
+
+SPECS = {
+    "dmoerm:code": RewardModelSpec("dmoerm:code", DMOERM, task="code"),
+    "base:code": RewardModelSpec("base:code", BASE, task="code"),
+    "dmoerm:writing": RewardModelSpec("dmoerm:writing", DMOERM, task="writing"),
+    "base:writing": RewardModelSpec("base:writing", BASE, task="writing"),
+    "ext": RewardModelSpec("ext", EXTERNAL, task="chat", address="h:1"),
+}
+ITEMS = [Item(id="", turns=(Turn("user", f"prompt {k}"),), response=f"response {k}") for k in range(3)]
+
+
+def jobs(*pairs: tuple[str, int]) -> list[Job]:
+    return [Job(SPECS[name], ITEMS[k], k) for name, k in pairs]
+
+
+def test_an_ensemble_asks_each_task_once_with_base_scores() -> None:
+    batch = jobs(
+        *[(name, k) for k in range(2) for name in ("dmoerm:code", "base:code", "dmoerm:writing", "ext")]
+    )
+    calls = plan_calls(batch)
+    assert calls == [
+        Call("experts", "code", rows=(0, 4), base_rows=(1, 5)),
+        Call("experts", "writing", rows=(2, 6)),
+        Call(EXTERNAL, "ext", rows=(3, 7)),
+    ]
+    request = _request(calls[0], batch)
+    assert (request.task, request.return_hidden, request.return_base, request.base_only) == (
+        "code",
+        True,
+        True,
+        False,
+    )
+    assert [i.response for i in request.items] == ["response 0", "response 1"]
+    assert [m.content for m in request.items[1].messages] == ["prompt 1"]
+
+
+def test_base_only_items_get_a_base_only_call() -> None:
+    # Item 0 needs the experts, item 1 only the base model (a bandit's two arms).
+    batch = jobs(("dmoerm:code", 0), ("base:code", 1), ("base:writing", 2))
+    calls = plan_calls(batch)
+    assert calls == [
+        Call("experts", "code", rows=(0,)),
+        Call(BASE, "code", rows=(1,)),
+        Call(BASE, "writing", rows=(2,)),
+    ]
+    request = _request(calls[1], batch)
+    assert (request.base_only, request.return_base, request.return_hidden) == (True, False, False)
+
+
+def test_partial_overlap_does_not_compute_unwanted_base_scores() -> None:
+    # Items 0 and 1 need the experts, only item 1 the base model: the experts call
+    # does not ask for base scores (item 0 would pay for one); item 1's is separate.
+    batch = jobs(("dmoerm:code", 0), ("dmoerm:code", 1), ("base:code", 1))
+    assert plan_calls(batch) == [Call("experts", "code", rows=(0, 1)), Call(BASE, "code", rows=(2,))]
+
+
+def test_external_request_names_its_served_task() -> None:
+    batch = jobs(("ext", 2))
+    (call,) = plan_calls(batch)
+    request = _request(call, batch)
+    assert (request.task, request.return_hidden, request.return_base, request.base_only) == (
+        "chat",
+        False,
+        False,
+        False,
+    )
+    assert call.what == "external reward model 'ext'"
+
+
+@pytest.mark.parametrize(
+    "value",
+    [None, {}, {"r": "x", "caps": {}}, {"r": 1.0}, {"r": 1.0, "caps": []}, {"r": float("nan"), "caps": {}}],
+)
+def test_malformed_cache_entries_are_misses(value) -> None:
+    assert MemberScore.from_cache(value) is None
+
+
+def test_cache_round_trip() -> None:
+    score = MemberScore(0.25, {"correctness": 1.5})
+    back = MemberScore.from_cache(score.to_cache())
+    assert (back.raw, back.capabilities, back.cached) == (0.25, {"correctness": 1.5}, True)
