@@ -74,6 +74,10 @@ class TaskSpec:
     # the backbone at load, so no full backbone copy per task) and its head.
     # None for an untrained bundle.
     base_lora: LoraSpec | None = None
+    # The base model's reward normalization (training responses), so that a
+    # router mixing base:<task> with other reward models compares like with like.
+    base_norm_mean: float = 0.0
+    base_norm_std: float = 1.0
 
     @property
     def capability_names(self) -> tuple[str, ...]:
@@ -178,6 +182,8 @@ def _parse_manifest(raw: dict[str, Any], source: Path) -> Manifest:
                 norm_mean=spec.get("norm_mean", 0.0),
                 norm_std=spec.get("norm_std", 1.0),
                 base_lora=LoraSpec.from_json(spec["base_lora"]) if spec.get("base_lora") else None,
+                base_norm_mean=spec.get("base_norm_mean", 0.0),
+                base_norm_std=spec.get("base_norm_std", 1.0),
             )
         return Manifest(
             backbone=backbone,
@@ -214,6 +220,8 @@ def validate_manifest(manifest: Manifest) -> None:
             )
         if not task.norm_std > 0:
             problems.append(f"task {name!r}: norm_std must be > 0")
+        if not task.base_norm_std > 0:
+            problems.append(f"task {name!r}: base_norm_std must be > 0")
     if set(manifest.router.tasks) != set(manifest.tasks):
         problems.append(
             f"router tasks {manifest.router.tasks} differ from bundle tasks {sorted(manifest.tasks)}"

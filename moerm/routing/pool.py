@@ -8,6 +8,8 @@ Three kinds, each named so that a request can pick it (``ScoreRequest.reward_mod
 - ``base:<task>``: phase 1's task base reward model (the base head on the task
   backbone, no capability adapters), served by the task's expert service. Only for
   tasks with a base model (``TaskSpec.base_lora``; untrained bundles have none).
+  Normalized with the bundle's ``TaskSpec.base_norm_mean/base_norm_std`` (phase 3
+  measures them on the training responses) unless the router's config overrides it.
 - external: any service speaking ``moerm.v1.ExpertService`` at an address; its
   reward is the first column of its scores. Its task and (unless given by the
   router's config) its normalization come from its ``Describe``.
@@ -37,7 +39,7 @@ _EXTERNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
 @dataclass(frozen=True)
 class Normalization:
     """``reward = (raw - mean) / std``; ``source`` says where it came from
-    ("aggregator", "config", "describe" or "none")."""
+    ("aggregator", "bundle", "config", "describe" or "none")."""
 
     mean: float = 0.0
     std: float = 1.0
@@ -178,7 +180,12 @@ def build_pool(
         for task in manifest.tasks
     ]
     specs += [
-        RewardModelSpec(base_name(task), BASE, task=task)
+        RewardModelSpec(
+            base_name(task),
+            BASE,
+            task=task,
+            norm=Normalization(spec.base_norm_mean, spec.base_norm_std, "bundle"),
+        )
         for task, spec in manifest.tasks.items()
         if spec.base_lora is not None
     ]

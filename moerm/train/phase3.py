@@ -109,3 +109,23 @@ def train_aggregator(
     return AggregatorResult(
         tensors=tensors, norm_mean=float(raw.mean()), norm_std=float(raw.std() or 1.0), curve=history
     )
+
+
+def base_reward_norm(
+    experts, base_head: nn.Linear, encoder, comparisons: list[Comparison], batch_size: int = 16
+):
+    """(mean, std) of the task base model's rewards over both responses of
+    ``comparisons``: the experts' backbone with every capability adapter
+    disabled, under the base head. The bundle records it so a router can put
+    ``base:<task>`` rewards on the scale of the other reward models."""
+    from moerm.experts import RewardModel
+
+    if not comparisons:
+        return 0.0, 1.0
+    model = RewardModel(experts.peft_model, base_head, experts.pooling)
+    rewards = []
+    with torch.inference_mode(), experts.peft_model.disable_adapter():
+        for start in range(0, len(comparisons), batch_size):
+            rewards.append(model(*encoder(comparisons[start : start + batch_size])))
+    values = torch.cat(rewards)
+    return float(values.mean()), float(values.std(correction=0)) or 1.0

@@ -370,8 +370,9 @@ class Recipe:
     def phase3(self, tasks: tuple[str, ...] | None = None) -> None:
         from safetensors.numpy import save_file
 
+        from moerm.experts import load_heads
         from moerm.train.loop import PairTokenizer
-        from moerm.train.phase3 import expert_features, train_aggregator
+        from moerm.train.phase3 import base_reward_norm, expert_features, train_aggregator
         from moerm.train.trunk import TrunkPairEncoder
 
         for task in tasks or self.inputs.tasks:
@@ -393,8 +394,19 @@ class Recipe:
                 seed=self.settings.seed,
             )
             save_file(result.tensors, str(self.task_dir(task) / "aggregator.safetensors"))
+            base_head = load_heads(
+                self.task_dir(task) / "base" / "head.safetensors", ["base"], self.info["hidden_size"]
+            )
+            base_mean, base_std = base_reward_norm(experts, base_head["base"], encoder, train)
             (self.task_dir(task) / "norm.json").write_text(
-                json.dumps({"mean": result.norm_mean, "std": result.norm_std})
+                json.dumps(
+                    {
+                        "mean": result.norm_mean,
+                        "std": result.norm_std,
+                        "base_mean": base_mean,
+                        "base_std": base_std,
+                    }
+                )
             )
             self._record(f"phase3/{task}", time.perf_counter() - started, result.curve)
 
@@ -467,6 +479,8 @@ class Recipe:
                     aggregator_hidden=self.settings.aggregator_width,
                     norm_mean=norm["mean"],
                     norm_std=norm["std"],
+                    base_norm_mean=norm.get("base_mean", 0.0),
+                    base_norm_std=norm.get("base_std", 1.0),
                     base_lora=LoraSpec.from_json(self.state["base_lora"][task]),
                 )
             tasks = self.inputs.tasks

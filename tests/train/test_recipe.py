@@ -128,6 +128,22 @@ def test_trained_bundle_ranks_validation_pairs(trained):
     assert pairwise_accuracy(model, PairTokenizer(tokenizer, 96), val) >= 0.75
 
 
+def test_bundle_records_the_base_models_normalization(trained):
+    """base_norm_mean/std put the base model's training rewards at mean 0, std 1."""
+    recipe, bundle = trained
+    spec = bundle.manifest.task("code")
+    model, tokenizer = load_task_base_model(bundle, "code")
+    train = comparisons([p for p in recipe.inputs.train if p.task == "code"])
+    with torch.inference_mode():
+        rewards = torch.cat(
+            [model(*PairTokenizer(tokenizer, 96)(train[i : i + 16])) for i in range(0, len(train), 16)]
+        )
+    normalized = (rewards - spec.base_norm_mean) / spec.base_norm_std
+    assert spec.base_norm_std != 1.0
+    assert float(normalized.mean()) == pytest.approx(0.0, abs=1e-4)
+    assert float(normalized.std(correction=0)) == pytest.approx(1.0, abs=1e-4)
+
+
 def test_run_json_records_every_phase(trained):
     recipe, _ = trained
     state = json.loads((recipe.work / "run.json").read_text())
