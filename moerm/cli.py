@@ -13,7 +13,8 @@ from pathlib import Path
 
 from moerm.backbones import MINILM, PACKAGED, cache_dir
 
-DEMO_BUNDLE = "demo-minilm-trained-v2"
+# Bumped when training changes what a bundle holds (v3: base normalization, router on pair prompts).
+DEMO_BUNDLE = "demo-minilm-trained-v3"
 DEMO_PAIRS_PER_TASK = 24
 
 DEMO_ITEMS = [
@@ -362,11 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     from moerm.data.cli import add_data_commands
     from moerm.judges.cli import add_label_commands
+    from moerm.routing.cli import add_routing_commands
     from moerm.train.cli import add_train_commands
 
     add_data_commands(sub)
     add_label_commands(sub)
     add_train_commands(sub)
+    add_routing_commands(sub)
     return parser
 
 
