@@ -12,6 +12,16 @@ python=${PYTHON:-.venv/bin/python}
 work=runs/$name
 mkdir -p "$work"
 log() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
+# Wall time and peak memory of a step, with GNU time when the machine has it.
+timed() {
+  local out=$1
+  shift
+  if [ -x /usr/bin/time ]; then
+    /usr/bin/time -f "%e s wall, %M KiB peak resident memory" -o "$work/$out" "$@"
+  else
+    "$@"
+  fi
+}
 
 # Capability labels from the rule judges for train + validation (the packaged 135M
 # LLM judge measured at chance, docs/judges.md; a hosted judge needs --judge openai).
@@ -32,9 +42,12 @@ save_labels(labels, work / "rule-labels.jsonl")
 print(f"{len(labels)} rule labels", file=sys.stderr)
 PY
 log "train all"
-"$moerm" train all --work "$work/work" --labels "$work/rule-labels.jsonl" --out "$work/bundle" --no-progress "$@"
+timed time-train.txt "$moerm" train all --work "$work/work" --labels "$work/rule-labels.jsonl" --out "$work/bundle" --no-progress "$@"
 log "evaluate"
-"$moerm" evaluate --work "$work/work" --labels "$work/rule-labels.jsonl" --bundle "$work/bundle" \
+timed time-evaluate.txt "$moerm" evaluate --work "$work/work" --labels "$work/rule-labels.jsonl" --bundle "$work/bundle" \
   --out "reports/$name" --command-line "reports/run_recipe.sh $name $*" "$@"
 cp "$work/work/split.json" "reports/$name/split.json"
+for step in train evaluate; do
+  [ -f "$work/time-$step.txt" ] && echo "$step: $(cat "$work/time-$step.txt")" >> "reports/$name/resources.txt"
+done
 log "done"
