@@ -154,10 +154,14 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def compute_version(manifest: Manifest) -> str:
-    """Content hash of the manifest (minus its version) and every file."""
-    body = asdict(manifest)
-    body.pop("bundle_version")
+def compute_version(manifest: Manifest | dict[str, Any]) -> str:
+    """Content hash of the manifest (minus its version), which lists every file's hash.
+
+    Loading hashes the manifest *as stored* (a dict), so a bundle sealed before
+    an optional field was added keeps its version under newer code.
+    """
+    body = dict(asdict(manifest) if isinstance(manifest, Manifest) else manifest)
+    body.pop("bundle_version", None)
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -287,7 +291,7 @@ class Bundle:
                 raise BundleError(f"{path}: bundle file missing")
             if verify and file_sha256(path) != digest:
                 raise BundleError(f"{path}: bundle file corrupt (sha256 differs from manifest)")
-        if compute_version(manifest) != manifest.bundle_version:
+        if compute_version(raw) != manifest.bundle_version:
             raise BundleError(f"{manifest_path}: bundle_version does not match its contents")
         return cls(root=root, manifest=manifest)
 

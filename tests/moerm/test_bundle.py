@@ -82,6 +82,19 @@ def test_bundle_version_is_stable(minilm_bundle: Path, bundle_copy: Path) -> Non
     assert (bundle_copy / MANIFEST).read_bytes() == before
 
 
+def test_a_bundle_sealed_before_an_optional_field_existed_still_loads(bundle_copy: Path) -> None:
+    """The version is the hash of the manifest as stored: a field added later
+    (with a default) does not change an older bundle's version."""
+    raw = json.loads((bundle_copy / MANIFEST).read_text())
+    for task in raw["tasks"].values():
+        del task["base_norm_mean"], task["base_norm_std"]  # as sealed by an older moerm
+    raw["bundle_version"] = compute_version(raw)
+    (bundle_copy / MANIFEST).write_text(json.dumps(raw, indent=2, sort_keys=True))
+    loaded = Bundle.load(bundle_copy)
+    assert loaded.version == raw["bundle_version"]
+    assert all(spec.base_norm_std == 1.0 for spec in loaded.manifest.tasks.values())
+
+
 @pytest.mark.parametrize("relative", [HEADS, "tasks/writing/experts/fluency/adapter_config.json"])
 def test_bundle_version_changes_when_a_file_changes(
     minilm_bundle: Path, bundle_copy: Path, relative: str
