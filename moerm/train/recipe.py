@@ -261,6 +261,7 @@ class Recipe:
     def phase1(self, tasks: tuple[str, ...] | None = None) -> None:
         from moerm.train.phase1 import train_base_model
 
+        trunk = self.trunk()  # filled once, timed as "trunk_cache", not as a task's phase 1
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
             train = comparisons([p for p in self.inputs.train if p.task == task])
@@ -275,7 +276,7 @@ class Recipe:
                 pooling=self.info["pooling"],
                 out_dir=self.task_dir(task),
                 layers=self.base_layers,
-                trunk=self.trunk(),
+                trunk=trunk,
                 checkpoint_dir=self.checkpoints,
                 progress=self.progress,
             )
@@ -308,6 +309,7 @@ class Recipe:
     def phase2(self, tasks: tuple[str, ...] | None = None) -> None:
         from moerm.train.phase2 import train_experts
 
+        trunk = self.trunk()
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
             backbone, tokenizer, base_head = self._task_backbone(task)
@@ -326,7 +328,7 @@ class Recipe:
                 backbone_ref=self.settings.backbone,
                 out_dir=self.task_dir(task),
                 min_labels=self.settings.min_labels,
-                trunk=self.trunk(),
+                trunk=trunk,
                 checkpoint_dir=self.checkpoints,
                 progress=self.progress,
             )
@@ -375,10 +377,10 @@ class Recipe:
         from moerm.train.phase3 import base_reward_norm, expert_features, train_aggregator
         from moerm.train.trunk import TrunkPairEncoder
 
+        trunk = self.trunk()
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
             experts, tokenizer = self.load_experts(task)
-            trunk = self.trunk()
             encoder = (
                 TrunkPairEncoder(trunk)
                 if trunk is not None
@@ -416,6 +418,7 @@ class Recipe:
         number of training pairs seen as all task base models together)."""
         from moerm.train.phase1 import train_base_model
 
+        trunk = self.trunk()
         started = time.perf_counter()
         tasks = set(self.inputs.tasks)
         result = train_base_model(
@@ -428,7 +431,7 @@ class Recipe:
             pooling=self.info["pooling"],
             out_dir=self.work / "baselines" / "single",
             layers=self.base_layers,
-            trunk=self.trunk(),
+            trunk=trunk,
             checkpoint_dir=self.checkpoints,
             progress=self.progress,
         )
