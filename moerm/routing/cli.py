@@ -152,7 +152,7 @@ def load_splits(args: argparse.Namespace) -> LabelledSplits:
         validation, test = split.select(data.pairs, "validation"), split.select(data.pairs, "test")
         description = (
             "the shared preference data (hh-rlhf harmless, Auto-J pairwise, PandaLM): the validation "
-            f"and test pairs of the split manifest {path} (seed {split.seed}); "
+            f"and test pairs of the recipe run's split manifest ({path.name}, seed {split.seed}); "
             "its train split is never scored"
         )
     validation_cap, test_cap = args.max_pairs_per_task, args.max_test_per_task or args.max_pairs_per_task
