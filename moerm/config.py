@@ -47,15 +47,24 @@ def build_parser(cls: type, prog: str, description: str = "") -> argparse.Argume
         description=description or (cls.__doc__ or "").strip().splitlines()[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
+    add_options(parser, cls)
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser, cls: type, *, env: bool = True) -> None:
+    """One flag per field of ``cls`` (``--field-name``, default the field's; with
+    ``env`` the default comes from ``MOERM_<FIELD>`` when it is set)."""
     hints = get_type_hints(cls)
     for field in dataclasses.fields(cls):
         kind = hints[field.name]
         flag = "--" + field.name.replace("_", "-")
-        env = env_name(field)
         default = field.default
-        if env in os.environ:
-            default = _convert(kind, os.environ[env], env)
-        help_text = f"{field.metadata.get('help', '')} [env {env}]"
+        help_text = field.metadata.get("help", "")
+        if env:
+            name = env_name(field)
+            if name in os.environ:
+                default = _convert(kind, os.environ[name], name)
+            help_text = f"{help_text} [env {name}]"
         if kind is bool:
             parser.add_argument(
                 flag,
@@ -72,7 +81,6 @@ def build_parser(cls: type, prog: str, description: str = "") -> argparse.Argume
                 help=help_text,
                 type=lambda raw, kind=kind, flag=flag: _convert(kind, raw, flag),
             )
-    return parser
 
 
 def parse_config(cls: type[T], argv: Sequence[str] | None, prog: str) -> T:

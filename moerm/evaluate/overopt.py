@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from moerm.config import option
 from moerm.data.records import PreferencePair
 from moerm.text import Turn
 
@@ -48,20 +49,26 @@ PROXY_SYSTEMS = ("single", "base", "mean", "worst", "uwo", "dmoerm")
 
 @dataclass(frozen=True)
 class OveroptSettings:
-    gold_work: str  # work directory of the recipe run whose one-model baseline is the gold RM
-    gold_backbone: str = "smollm2"
-    policy: str = "smollm2"  # the instruct model that samples the candidates
-    proxy_backbone: str = "minilm"
-    proxy_pairs_per_task: int = 64
-    proxy_epochs: int = 3
-    proxy_lr: float = 1e-3
-    prompts_per_task: int = 6
-    max_prompt_tokens: int = 320
-    n_max: int = 16
-    max_new_tokens: int = 96
-    temperature: float = 1.0
-    max_length: int = 384
-    seed: int = 0
+    """Best-of-n over-optimization (``moerm overopt``: one flag per field)."""
+
+    gold_work: str = option("", "work directory of the recipe run whose one-model baseline is the gold RM")
+    gold_backbone: str = option("smollm2", "backbone of the gold run")
+    policy: str = option("smollm2", "instruct model sampling the candidates")
+    proxy_backbone: str = option("minilm", "backbone of the proxies")
+    proxy_pairs_per_task: int = option(64, "gold-labelled train pairs per task for the proxies")
+    proxy_epochs: int = option(3, "epochs of the proxies' phases 1-2")
+    proxy_lr: float = option(1e-3, "learning rate of the proxies")
+    prompts_per_task: int = option(6, "held-out prompts per task")
+    max_prompt_tokens: int = option(320, "longest prompt (policy tokens) to sample for")
+    n_max: int = option(16, "samples per prompt (best-of-n for n = 1..n-max)")
+    max_new_tokens: int = option(96, "longest sampled response")
+    temperature: float = option(1.0, "sampling temperature of the policy")
+    max_length: int = option(384, "tokens per scored (conversation, response)")
+    seed: int = option(0, "seed")
+
+    def validate(self) -> None:
+        if not self.gold_work:
+            raise SystemExit("moerm overopt: --gold-work (the gold recipe run's work directory) is required")
 
 
 def kl_best_of_n(n: int) -> float:

@@ -4,6 +4,7 @@ and ``moerm evaluate``."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shlex
 import sys
@@ -162,50 +163,25 @@ def add_train_commands(sub) -> None:
     evaluate.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
     evaluate.set_defaults(run=cmd_evaluate)
 
+    from moerm.config import add_options
+    from moerm.evaluate.overopt import OveroptSettings
+
     overopt = sub.add_parser(
         "overopt",
         help="best-of-n over-optimization: gold RM of a recipe run, proxies trained on its labels, "
         "candidates from the instruct model",
     )
-    overopt.add_argument(
-        "--gold-work", required=True, help="work directory of the gold recipe run (its baseline)"
-    )
     overopt.add_argument("--work", required=True, type=Path, help="work directory (resumable)")
     overopt.add_argument("--out", required=True, type=Path, help="report folder (overopt.md/.json/.png)")
-    for name, default, kind, text in (
-        ("gold-backbone", "smollm2", str, "backbone of the gold run"),
-        ("policy", "smollm2", str, "instruct model sampling the candidates"),
-        ("proxy-backbone", "minilm", str, "backbone of the proxies"),
-        ("proxy-pairs-per-task", 64, int, "gold-labelled train pairs per task for the proxies"),
-        ("proxy-epochs", 3, int, "epochs of the proxies' phases 1-2"),
-        ("proxy-lr", 1e-3, float, "learning rate of the proxies"),
-        ("prompts-per-task", 6, int, "held-out prompts per task"),
-        ("n-max", 16, int, "samples per prompt (best-of-n for n = 1..n-max)"),
-        ("max-new-tokens", 96, int, "longest sampled response"),
-        ("temperature", 1.0, float, "sampling temperature of the policy"),
-        ("seed", 0, int, "seed"),
-    ):
-        overopt.add_argument(f"--{name}", type=kind, default=default, help=text)
+    add_options(overopt, OveroptSettings, env=False)  # one flag per setting, defaults from the dataclass
     overopt.set_defaults(run=cmd_overopt)
 
 
 def cmd_overopt(args: argparse.Namespace) -> int:
     from moerm.evaluate.overopt import OveroptSettings, run
 
-    settings = OveroptSettings(
-        gold_work=args.gold_work,
-        gold_backbone=args.gold_backbone,
-        policy=args.policy,
-        proxy_backbone=args.proxy_backbone,
-        proxy_pairs_per_task=args.proxy_pairs_per_task,
-        proxy_epochs=args.proxy_epochs,
-        proxy_lr=args.proxy_lr,
-        prompts_per_task=args.prompts_per_task,
-        n_max=args.n_max,
-        max_new_tokens=args.max_new_tokens,
-        temperature=args.temperature,
-        seed=args.seed,
-    )
+    settings = OveroptSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OveroptSettings)})
+    settings.validate()
     command = "moerm " + " ".join(shlex.quote(a) for a in args.argv)
     path = run(settings, args.work, args.out, command)
     print(path.read_text())
