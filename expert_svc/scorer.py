@@ -38,6 +38,7 @@ class ExpertScorer:
         self.torch_threads = torch_threads
         self.experts = None
         self.base_model = None
+        self.base_head = None
         self.tokenizer = None
 
     @property
@@ -68,10 +69,12 @@ class ExpertScorer:
             # The experts' backbone already has the base adapter merged in; with the
             # capability adapters disabled it is the base model's backbone.
             manifest = self.bundle.manifest
-            head = load_heads(
+            self.base_head = load_heads(
                 self.bundle.path(self.task.base_head_file), ["base"], manifest.backbone.hidden_size
             )["base"]
-            self.base_model = RewardModel(experts.transformer, head, manifest.backbone.pooling).eval()
+            self.base_model = RewardModel(
+                experts.transformer, self.base_head, manifest.backbone.pooling
+            ).eval()
         self.tokenizer = tokenizer
         self.experts = experts
         log.info(
@@ -103,6 +106,18 @@ class ExpertScorer:
         inverse = np.argsort(order)
         return scores.numpy()[inverse], hidden.numpy()[inverse]
 
+    def _experts_and_base(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Both at once, sharing the trunk. Shape: N texts -> (N, K), (N, K, d), (N,)."""
+        import torch
+
+        order, batch = self._encode(texts)
+        with torch.inference_mode():
+            scores, hidden, base = self.experts.forward_with_base(
+                batch["input_ids"], batch["attention_mask"], self.base_head
+            )
+        inverse = np.argsort(order)
+        return scores.numpy()[inverse], hidden.numpy()[inverse], base.numpy()[inverse]
+
     def _base(self, texts: list[str]) -> np.ndarray:
         """Shape: N texts -> base rewards (N,), in input order."""
         import torch
@@ -124,12 +139,15 @@ class ExpertScorer:
         hidden = np.full((len(items), k, d), np.nan, dtype=np.float32)
         base = np.full(len(items), np.nan, dtype=np.float32)
         texts = [render(self.tokenizer, item.turns, item.response) for item in items]
-        rows = [i for i, item in enumerate(items) if item.experts]
+        if any(item.base for item in items) and self.base_model is None:
+            raise ValueError(f"task {self.task.name!r} has no base model")
+        both = [i for i, item in enumerate(items) if item.experts and item.base]
+        if both:
+            scores[both], hidden[both], base[both] = self._experts_and_base([texts[i] for i in both])
+        rows = [i for i, item in enumerate(items) if item.experts and not item.base]
         if rows:
             scores[rows], hidden[rows] = self._experts([texts[i] for i in rows])
-        rows = [i for i, item in enumerate(items) if item.base]
+        rows = [i for i, item in enumerate(items) if item.base and not item.experts]
         if rows:
-            if self.base_model is None:
-                raise ValueError(f"task {self.task.name!r} has no base model")
             base[rows] = self._base([texts[i] for i in rows])
         return scores, hidden, base

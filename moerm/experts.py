@@ -12,10 +12,13 @@ every layer this degenerates to K full passes. Measured trade-offs live in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
+
+from moerm.prefix import DecoderStack, LayerCache, PrefixPlan, last_states, pad, pass_inputs
 
 
 class _TrunkDone(Exception):
@@ -148,6 +151,7 @@ class CapabilityExperts(nn.Module):
         self.first_lora_layer = min(lora_layers)
         self.pooling = pooling
         self._layer_list = find_layer_list(self.transformer, num_layers)
+        self._stack: DecoderStack | None = None
 
     @property
     def transformer(self) -> nn.Module:
@@ -178,21 +182,133 @@ class CapabilityExperts(nn.Module):
         Shape: input_ids, attention_mask (B, T) -> scores (B, K), hidden (B, K, d),
         float32.
         """
+        scores, hidden, _ = self._forward(input_ids, attention_mask, trunk, None)
+        return scores, hidden
+
+    def forward_with_base(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        base_head: nn.Linear,
+        trunk: Trunk | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:meth:`forward` plus the task base model's rewards (the backbone with
+        every capability adapter disabled, under ``base_head``), which share the
+        trunk: one more pass over the adapted layers, not a whole backbone pass.
+
+        Shape: (B, T) -> scores (B, K), hidden (B, K, d), base (B,).
+        """
+        return self._forward(input_ids, attention_mask, trunk, base_head)
+
+    def _forward(self, input_ids, attention_mask, trunk: Trunk | None, base_head: nn.Linear | None):
         if trunk is not None and trunk.depth > self.first_lora_layer:
             raise ValueError(
                 f"trunk depth {trunk.depth} is above the first adapted layer {self.first_lora_layer}"
             )
         if self.first_lora_layer == 0:
-            return self.forward_sequential(input_ids, attention_mask)
-        shared = Trunk(
-            self.first_lora_layer, self._run(input_ids, attention_mask, trunk, self.first_lora_layer)
-        )
+            scores, hidden = self.forward_sequential(input_ids, attention_mask)
+            shared = None
+        else:
+            shared = Trunk(
+                self.first_lora_layer, self._run(input_ids, attention_mask, trunk, self.first_lora_layer)
+            )
+            pooled = []
+            for cap in self.capabilities:
+                self.peft_model.set_adapter(cap)
+                pooled.append(
+                    pool(self._run(input_ids, attention_mask, shared), attention_mask, self.pooling)
+                )
+            scores, hidden = self._score(pooled)
+        base = None
+        if base_head is not None:
+            with self.peft_model.disable_adapter():
+                states = self._run(input_ids, attention_mask, shared)
+            base = base_head(pool(states, attention_mask, self.pooling)).squeeze(-1)
+        return scores, hidden, base
+
+    def forward_shared(
+        self, plan: PrefixPlan, pad_id: int, base_head: nn.Linear | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Scores of the planned items with every shared prefix computed once
+        (decoders only, see :mod:`moerm.prefix`): the prefixes' trunk layers once, each
+        expert's adapted layers over them once per expert, then the items' own tokens
+        attending to those keys and values. ``base_head``: also the task base model's
+        rewards (every capability adapter disabled), on the same trunk.
+
+        Shape: B planned items -> scores (B, K), hidden (B, K, d), base (B,) or None,
+        float32 whatever the backbone's dtype.
+        """
+        stack = self.decoder_stack
+        first, last = self.first_lora_layer, stack.num_layers
+        device = self.device
+        heads = [(cap, self.heads[cap]) for cap in self.capabilities]
+        if base_head is not None:
+            heads.append((None, base_head))
+
+        prefix_trunk, prefix_heads, prefix_lengths = None, [None] * len(heads), None
+        if plan.prefixes:
+            ids, prefix_lengths = pad(plan.prefixes, pad_id)
+            inputs = pass_inputs(prefix_lengths, ids.shape[1], None).to(device)
+            hidden = stack.embed(ids.to(device))
+            rotary = stack.rotary(hidden, inputs)
+            prefix_trunk = LayerCache()
+            hidden = stack.run(hidden, 0, first, inputs, rotary, prefix_trunk)
+            for h, (cap, _) in enumerate(heads):
+                prefix_heads[h] = LayerCache()
+                with self._active(cap):
+                    stack.run(hidden, first, last, inputs, rotary, prefix_heads[h])
+
+        ids, lengths = pad(plan.suffixes, pad_id)
+        rows = torch.tensor([max(g, 0) for g in plan.prefix_of], dtype=torch.long, device=device)
+        if prefix_lengths is not None:
+            own_prefix = torch.tensor(
+                [int(prefix_lengths[g]) if g >= 0 else 0 for g in plan.prefix_of], dtype=torch.long
+            )
+            inputs = pass_inputs(lengths, ids.shape[1], own_prefix).to(device)
+        else:
+            inputs = pass_inputs(lengths, ids.shape[1], None).to(device)
+
+        def cache(recorded: LayerCache | None) -> LayerCache | None:
+            return None if recorded is None else LayerCache(recorded, rows)
+
+        hidden = stack.embed(ids.to(device))
+        rotary = stack.rotary(hidden, inputs)
+        trunk = stack.run(hidden, 0, first, inputs, rotary, cache(prefix_trunk))
         pooled = []
-        for cap in self.capabilities:
-            self.peft_model.set_adapter(cap)
-            hidden = self._run(input_ids, attention_mask, shared)
-            pooled.append(pool(hidden, attention_mask, self.pooling))
-        return self._score(pooled)
+        for h, (cap, _) in enumerate(heads):
+            with self._active(cap):
+                top = stack.run(trunk, first, last, inputs, rotary, cache(prefix_heads[h]))
+            pooled.append(last_states(top, lengths))
+        base = None
+        if base_head is not None:
+            base = base_head(pooled.pop()).squeeze(-1)
+        scores, hidden = self._score(pooled)
+        return scores, hidden, base
+
+    @contextmanager
+    def _active(self, capability: str | None):
+        """The capability's adapter active; None: every adapter disabled (the task base model)."""
+        if capability is None:
+            with self.peft_model.disable_adapter():
+                yield
+        else:
+            self.peft_model.set_adapter(capability)
+            yield
+
+    @property
+    def decoder_stack(self) -> DecoderStack:
+        if self._stack is None:
+            self._stack = DecoderStack(self.transformer)
+        return self._stack
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.peft_model.parameters()).device
+
+    def to_backbone_dtype(self, dtype: torch.dtype) -> CapabilityExperts:
+        """Cast the backbone and its adapters to ``dtype``; the heads stay float32."""
+        self.peft_model.to(dtype)
+        return self
 
     def forward_sequential(
         self, input_ids: torch.Tensor, attention_mask: torch.Tensor

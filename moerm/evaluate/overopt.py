@@ -287,9 +287,7 @@ def score_candidates(settings: OveroptSettings, rows: list[dict], bundle, proxy_
     """{"gold": [[m] per prompt], system: [[m] per prompt]} for the gold RM and every proxy."""
     import torch
 
-    from aggregator_svc.aggregator import Aggregator
-    from moerm.experts import load_task_base_model, load_task_experts
-    from moerm.routing.ensembles import combine
+    from moerm.evaluate.systems import task_systems
     from moerm.train.loop import PairTokenizer
     from moerm.train.recipe import load_reward_model
 
@@ -319,22 +317,16 @@ def score_candidates(settings: OveroptSettings, rows: list[dict], bundle, proxy_
     per_system: dict[str, list[list[float] | None]] = {
         s: [None] * len(rows) for s in PROXY_SYSTEMS if s != "single"
     }
-    aggregator = Aggregator(bundle)
     for task in sorted({row["task"] for row in rows}):
-        experts, tokenizer = load_task_experts(bundle, task)
-        base, _ = load_task_base_model(bundle, task)
+        score, tokenizer = task_systems(bundle, task)
         encoder = PairTokenizer(tokenizer, settings.max_length)
         for i, row in enumerate(rows):
             if row["task"] != task:
                 continue
-            texts = [encoder.texts(turns[i], c) for c in row["candidates"]]
             with torch.inference_mode():
-                ids, mask = encoder.encode(texts)
-                s, h = (t.numpy() for t in experts(ids, mask))
-                per_system["base"][i] = base(ids, mask).tolist()
-            for rule in ("mean", "worst", "uwo"):
-                per_system[rule][i] = combine(s, rule).tolist()
-            per_system["dmoerm"][i] = aggregator.tasks[task].raw(s, h).tolist()
+                rewards = score(*encoder.encode([encoder.texts(turns[i], c) for c in row["candidates"]]))
+            for system, values in rewards.items():
+                per_system[system][i] = values.tolist()
     scores.update(per_system)
     path.write_text(json.dumps(scores))
     return scores

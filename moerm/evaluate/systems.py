@@ -68,22 +68,15 @@ def _margins(score, encoder, pairs: Sequence[PreferencePair], batch_size: int = 
     return out
 
 
-def task_margins(
-    bundle: Bundle,
-    task: str,
-    pairs: Sequence[PreferencePair],
-    max_length: int,
-    trunk: TrunkCache | None = None,
-) -> dict[str, list[float]]:
-    """Margins of ``base``, the ensembles and ``dmoerm`` for pairs sent to ``task``
-    (``trunk``: cached lower layers, at most :func:`bundle_trunk_depth` deep)."""
+def task_systems(bundle: Bundle, task: str):
+    """(score, tokenizer) of one task's systems: ``score(ids, mask[, trunk])`` ->
+    {"base", "mean", "worst", "uwo", "dmoerm"} -> (B,) rewards."""
     from aggregator_svc.aggregator import Aggregator
     from moerm.experts import load_task_base_model, load_task_experts
 
     experts, tokenizer = load_task_experts(bundle, task)
     base, _ = load_task_base_model(bundle, task)
     aggregator = Aggregator(bundle).tasks[task]
-    encoder = _encoder(tokenizer, max_length, trunk)
 
     def score(ids, mask, *trunk_states):
         scores, hidden = experts(ids, mask, *trunk_states)
@@ -93,7 +86,20 @@ def task_margins(
         out["base"] = base(ids, mask, *trunk_states)
         return out
 
-    return _margins(score, encoder, list(pairs))
+    return score, tokenizer
+
+
+def task_margins(
+    bundle: Bundle,
+    task: str,
+    pairs: Sequence[PreferencePair],
+    max_length: int,
+    trunk: TrunkCache | None = None,
+) -> dict[str, list[float]]:
+    """Margins of ``base``, the ensembles and ``dmoerm`` for pairs sent to ``task``
+    (``trunk``: cached lower layers, at most :func:`bundle_trunk_depth` deep)."""
+    score, tokenizer = task_systems(bundle, task)
+    return _margins(score, _encoder(tokenizer, max_length, trunk), list(pairs))
 
 
 def single_margins(

@@ -144,6 +144,28 @@ def test_shared_trunk_matches_sequential_smollm2(top) -> None:
     check_equivalence(experts, tokenizer)
 
 
+@pytest.mark.parametrize("layers", [None, (4, 5)], ids=["all-layers", "top-2"])
+def test_forward_with_base_matches_separate_passes(layers) -> None:
+    """The base model (every adapter disabled, its own head) computed on the
+    experts' shared trunk equals a separate whole-backbone pass, and the experts'
+    outputs do not change."""
+    experts, tokenizer = build_experts("minilm", layers)
+    batch = tokenizer(TEXTS, padding=True, return_tensors="pt")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    torch.manual_seed(1)
+    head = nn.Linear(384, 1)
+    with torch.inference_mode():
+        scores, hidden, base = experts.forward_with_base(ids, mask, head)
+        ref_scores, ref_hidden = experts(ids, mask)
+        with experts.peft_model.disable_adapter():
+            plain = experts.transformer(input_ids=ids, attention_mask=mask).last_hidden_state
+        ref_base = head(pool(plain, mask, experts.pooling)).squeeze(-1)
+    torch.testing.assert_close(base, ref_base, atol=ATOL, rtol=0)
+    torch.testing.assert_close(scores, ref_scores, atol=ATOL, rtol=0)
+    torch.testing.assert_close(hidden, ref_hidden, atol=ATOL, rtol=0)
+    assert not torch.allclose(base[:, None], scores, atol=1e-3)  # the base differs from every expert
+
+
 def test_pool_last_picks_last_real_token_with_right_padding() -> None:
     hidden = torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)
     mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])

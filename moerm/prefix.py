@@ -1,0 +1,211 @@
+"""Decoder passes in which a conversation shared by several responses runs once.
+
+A GRPO group, a best-of-n set or concurrent requests about the same prompt send one
+conversation with several responses. Scored as whole sequences, the conversation's
+tokens are recomputed for every response (and, in the expert service, for every
+capability expert). In a causal decoder the states of a prefix do not depend on what
+follows it, so the prefix can run once and every response attend to its keys and
+values instead:
+
+1. the *prefix pass* runs each distinct shared prefix once (the batch's prefixes,
+   right padded) and records every layer's keys and values (:class:`LayerCache`);
+2. the *suffix pass* runs only the responses' tokens; at every layer each row's
+   attention reads its prefix's recorded keys and values (gathered by row) followed by
+   its own, under a mask that hides the prefix's padding and keeps the suffix causal;
+   positions continue after the prefix.
+
+Both passes drive the backbone's own decoder layers (:class:`DecoderStack`), so
+LoRA adapters injected by peft apply as usual, and a stack of layers can run in
+slices: the trunk below the adapters once, the adapted layers once per expert.
+
+What is shared is found on tokens, not text (:func:`plan`): items of one
+conversation share the longest common prefix of their token ids, so the result is
+the same token sequence as whole-sequence scoring and the same numbers up to float
+rounding. Encoders attend in both directions, so a prefix's states depend on what
+follows it: they keep whole sequences.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class PrefixPlan:
+    """Which items share which prefix, on token ids.
+
+    ``prefixes``: the shared prefixes' token ids; ``prefix_of[i]``: item i's prefix
+    (an index into ``prefixes``) or -1; ``suffixes[i]``: item i's tokens after it
+    (the whole sequence when -1). Every suffix has at least one token, the one whose
+    state is pooled.
+    """
+
+    prefixes: tuple[tuple[int, ...], ...]
+    prefix_of: tuple[int, ...]
+    suffixes: tuple[tuple[int, ...], ...]
+
+    @property
+    def tokens(self) -> int:
+        """Tokens that run: each prefix once, every suffix."""
+        return sum(map(len, self.prefixes)) + sum(map(len, self.suffixes))
+
+
+def _common_prefix(sequences: Sequence[Sequence[int]]) -> int:
+    first = sequences[0]
+    n = min(map(len, sequences))
+    for other in sequences[1:]:
+        k = 0
+        while k < n and other[k] == first[k]:
+            k += 1
+        n = k
+    return n
+
+
+def plan(token_ids: Sequence[Sequence[int]], groups: Sequence[Hashable], min_prefix: int = 16) -> PrefixPlan:
+    """Share the longest common token prefix within each group of items.
+
+    ``groups[i]`` names item i's conversation; items of one group with a common
+    prefix of at least ``min_prefix`` tokens share it (capped so every item keeps one
+    token of its own). A group of one shares nothing.
+    """
+    members: dict[Hashable, list[int]] = {}
+    for i, group in enumerate(groups):
+        members.setdefault(group, []).append(i)
+    prefixes: list[tuple[int, ...]] = []
+    prefix_of = [-1] * len(token_ids)
+    suffixes = [tuple(ids) for ids in token_ids]
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        sequences = [token_ids[i] for i in rows]
+        shared = min(_common_prefix(sequences), min(map(len, sequences)) - 1)
+        if shared < max(1, min_prefix):
+            continue
+        index = len(prefixes)
+        prefixes.append(tuple(sequences[0][:shared]))
+        for i in rows:
+            prefix_of[i] = index
+            suffixes[i] = tuple(token_ids[i][shared:])
+    return PrefixPlan(tuple(prefixes), tuple(prefix_of), tuple(suffixes))
+
+
+def pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right padded ids and lengths. Shape: N sequences -> (N, T) long, (N,) long."""
+    width = max((len(s) for s in sequences), default=0)
+    ids = torch.full((len(sequences), width), pad_id, dtype=torch.long)
+    for row, sequence in enumerate(sequences):
+        ids[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+    return ids, torch.tensor([len(s) for s in sequences], dtype=torch.long)
+
+
+class LayerCache:
+    """Each layer's attention keys and values, as transformers' attention modules use a
+    cache (``update(key, value, layer_idx)`` returns what to attend to).
+
+    Recording (no ``prefix``): keeps what the pass computes, for a later suffix pass.
+    Extending: returns ``prefix``'s keys and values of the layer, rows gathered by
+    ``rows``, followed by the pass's own. Shape: key, value (B, H_kv, T, D).
+    """
+
+    def __init__(
+        self,
+        prefix: LayerCache | None = None,
+        rows: torch.Tensor | None = None,
+    ):
+        self.prefix = prefix
+        self.rows = rows
+        self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        if self.prefix is None:
+            self.layers[layer_idx] = (key, value)
+            return key, value
+        past_key, past_value = self.prefix.layers[layer_idx]
+        past_key = past_key.index_select(0, self.rows)
+        past_value = past_value.index_select(0, self.rows)
+        return torch.cat([past_key, key], dim=2), torch.cat([past_value, value], dim=2)
+
+
+@dataclass(frozen=True)
+class PassInputs:
+    """What every layer of one pass needs. Shape: mask (B, 1, S, P + S) bool (True:
+    attend), positions (B, S) long; ``lengths`` (B,) real tokens per row."""
+
+    mask: torch.Tensor
+    positions: torch.Tensor
+    lengths: torch.Tensor
+
+    def to(self, device: torch.device) -> PassInputs:
+        return PassInputs(self.mask.to(device), self.positions.to(device), self.lengths.to(device))
+
+
+def pass_inputs(lengths: torch.Tensor, width: int, prefix_lengths: torch.Tensor | None) -> PassInputs:
+    """Mask and positions of right-padded rows of ``width`` tokens that follow
+    prefixes of ``prefix_lengths`` (None: no prefix; rows start at position 0).
+
+    A row attends to its prefix's real tokens and causally to its own real tokens.
+    Padding query rows also see real tokens only, so no row is fully masked.
+    """
+    steps = torch.arange(width)
+    own = (steps[None, :] <= steps[:, None])[None] & (steps[None, None, :] < lengths[:, None, None])
+    if prefix_lengths is None:
+        return PassInputs(own[:, None], steps[None, :].expand(len(lengths), width), lengths)
+    span = int(prefix_lengths.max()) if len(prefix_lengths) else 0
+    seen = (torch.arange(span)[None, :] < prefix_lengths[:, None])[:, None, :].expand(-1, width, -1)
+    mask = torch.cat([seen, own], dim=2)[:, None]
+    return PassInputs(mask, prefix_lengths[:, None] + steps[None, :], lengths)
+
+
+class DecoderStack:
+    """Runs a transformers decoder model (Llama, Mistral, Qwen2 families: a list of
+    decoder layers taking ``position_embeddings`` and a cache) layer by layer.
+
+    Shape: ``embed`` (B, S) -> (B, S, d); ``run`` (B, S, d) -> (B, S, d) in the
+    model's dtype.
+    """
+
+    def __init__(self, model: nn.Module):
+        self.model = model
+        for part in ("embed_tokens", "layers", "norm", "rotary_emb"):
+            if not hasattr(model, part):
+                raise ValueError(f"{type(model).__name__} has no {part}: not a supported decoder")
+        self.num_layers = len(model.layers)
+
+    def embed(self, ids: torch.Tensor) -> torch.Tensor:
+        return self.model.embed_tokens(ids)
+
+    def rotary(self, hidden: torch.Tensor, inputs: PassInputs):
+        """Position embeddings of a pass, computed once and shared by every slice."""
+        return self.model.rotary_emb(hidden, position_ids=inputs.positions)
+
+    def run(
+        self,
+        hidden: torch.Tensor,
+        start: int,
+        stop: int,
+        inputs: PassInputs,
+        rotary,
+        cache: LayerCache,
+    ) -> torch.Tensor:
+        """Layers ``start`` .. ``stop - 1``, and the final norm when ``stop`` is the last."""
+        for index in range(start, stop):
+            hidden = self.model.layers[index](
+                hidden,
+                attention_mask=inputs.mask,
+                position_embeddings=rotary,
+                position_ids=inputs.positions,
+                cache=cache,
+            )
+        if stop == self.num_layers:
+            hidden = self.model.norm(hidden)
+        return hidden
+
+
+def last_states(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Each row's last real token, as float32. Shape: (B, S, d), (B,) -> (B, d)."""
+    rows = torch.arange(hidden.shape[0], device=hidden.device)
+    return hidden[rows, lengths.to(hidden.device) - 1].float()
