@@ -21,6 +21,7 @@ class ExpertApp:
     server: Server
     scorer: ExpertScorer
     batcher: DynamicBatcher
+    servicer: ExpertServicer
 
     async def load(self) -> None:
         """Load the model off the event loop, then start batching."""
@@ -37,16 +38,26 @@ class ExpertApp:
         await self.server.set_serving(False)
         await self.server.server.stop(grace_s)
         await self.batcher.stop()
+        self.servicer.close()
 
 
 def build_expert(config: ExpertConfig) -> ExpertApp:
     bundle = Bundle.load(config.bundle)
     scorer = ExpertScorer(
-        bundle, config.task, max_length=config.max_length, torch_threads=config.torch_threads
+        bundle,
+        config.task,
+        max_length=config.max_length,
+        torch_threads=config.torch_threads,
+        device=config.device,
+        dtype=config.dtype,
+        max_batch_tokens=config.max_batch_tokens,
+        prefix_sharing=config.prefix_sharing,
+        min_shared_prefix=config.min_shared_prefix,
     )
     batcher = DynamicBatcher(
         scorer.score,
         max_batch_size=config.max_batch_size,
+        max_batch_tokens=config.max_batch_tokens,
         max_delay_s=config.max_queue_delay_ms / 1000.0,
         max_queue_items=config.max_queue_items,
     )
@@ -58,4 +69,4 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         port=config.port,
         serving=False,
     )
-    return ExpertApp(server=server, scorer=scorer, batcher=batcher)
+    return ExpertApp(server=server, scorer=scorer, batcher=batcher, servicer=servicer)

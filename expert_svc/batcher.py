@@ -1,17 +1,21 @@
 """Dynamic batching: merge concurrent requests into batches for one model.
 
-Requests wait at most ``max_delay_s`` for company; a batch holds at most
-``max_batch_size`` items (a larger request runs as several). The model
-function runs on one dedicated worker thread, never on the event loop.
+A batch holds at most ``max_batch_size`` items and ``max_batch_tokens`` tokens (each
+item's cost, given at submit); requests wait at most ``max_delay_s`` for company. A
+request larger than a batch is split over several, in order; a batch that is not full
+takes the next requests' items. The model function runs on one dedicated worker
+thread, never on the event loop. Callers that have gone (cancelled, or past their
+deadline) are dropped before their items run.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,7 +31,22 @@ BatchFn = Callable[[Sequence[Any]], tuple[np.ndarray, ...]]
 @dataclass
 class _Pending:
     items: Sequence[Any]
+    costs: Sequence[float]
     future: asyncio.Future
+    taken: int = 0  # items handed to batches so far
+    parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # outputs, in order
+    done: int = 0  # items whose outputs are in parts
+
+    @property
+    def gone(self) -> bool:
+        return self.future.done()
+
+
+@dataclass(frozen=True)
+class _Slice:
+    pending: _Pending
+    start: int
+    end: int
 
 
 @dataclass
@@ -36,19 +55,38 @@ class BatcherStats:
     items: int = 0
     requests: int = 0
     rejected: int = 0
+    tokens: float = 0.0
 
 
 class DynamicBatcher:
-    def __init__(self, fn: BatchFn, *, max_batch_size: int, max_delay_s: float, max_queue_items: int):
+    def __init__(
+        self,
+        fn: BatchFn,
+        *,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue_items: int,
+        max_batch_tokens: float = float("inf"),
+    ):
         self.fn = fn
         self.max_batch_size = max_batch_size
+        self.max_batch_tokens = max_batch_tokens
         self.max_delay_s = max_delay_s
         self.max_queue_items = max_queue_items
         self.stats = BatcherStats()
-        self._queue: asyncio.Queue[_Pending] = asyncio.Queue()
-        self._queued_items = 0
+        self._queue: deque[_Pending] = deque()
+        self._arrived = asyncio.Event()
+        self._queued_items = 0  # submitted and not yet finished (queued or running)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
         self._worker: asyncio.Task | None = None
+
+    @property
+    def queued_items(self) -> int:
+        return self._queued_items
+
+    @property
+    def queued_requests(self) -> int:
+        return len(self._queue)
 
     def start(self) -> None:
         if self._worker is None:
@@ -62,14 +100,17 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
-        while not self._queue.empty():
-            pending = self._queue.get_nowait()
-            if not pending.future.done():
+        while self._queue:
+            pending = self._queue.popleft()
+            if not pending.gone:
                 pending.future.set_exception(Unavailable("expert is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def submit(self, items: Sequence[Any]) -> tuple[np.ndarray, ...]:
-        """Outputs for ``items``, computed in a batch with other callers' items."""
+    async def submit(
+        self, items: Sequence[Any], costs: Sequence[float] | None = None
+    ) -> tuple[np.ndarray, ...]:
+        """Outputs for ``items``, computed in batches with other callers' items.
+        ``costs``: each item's tokens (default 1)."""
         if self._worker is None:
             raise Unavailable("batcher not running")
         if self._queued_items + len(items) > self.max_queue_items:
@@ -77,58 +118,99 @@ class DynamicBatcher:
             raise ResourceExhausted(
                 f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
             )
-        future = asyncio.get_running_loop().create_future()
+        costs = list(costs) if costs is not None else [1.0] * len(items)
+        pending = _Pending(items, costs, asyncio.get_running_loop().create_future())
         self._queued_items += len(items)
         self.stats.requests += 1
-        self._queue.put_nowait(_Pending(items, future))
-        return await future
+        self._queue.append(pending)
+        self._arrived.set()
+        try:
+            return await pending.future
+        finally:
+            if not pending.future.done():  # cancelled while queued: its items never run
+                pending.future.cancel()
 
-    async def _collect(self) -> list[_Pending]:
+    def _drop_gone(self) -> None:
+        while self._queue and self._queue[0].gone:
+            gone = self._queue.popleft()
+            self._queued_items -= len(gone.items) - gone.taken
+
+    def _fill(self, batch: list[_Slice], size: int, tokens: float) -> tuple[int, float, bool]:
+        """Move queued items into ``batch`` while they fit; True when the batch is full."""
+        while True:
+            self._drop_gone()
+            if not self._queue:
+                return size, tokens, False
+            pending = self._queue[0]
+            start = end = pending.taken
+            while end < len(pending.items):
+                cost = pending.costs[end]
+                if size >= self.max_batch_size or (size and tokens + cost > self.max_batch_tokens):
+                    break
+                size, tokens, end = size + 1, tokens + cost, end + 1
+            if end > start:
+                batch.append(_Slice(pending, start, end))
+                pending.taken = end
+            if pending.taken == len(pending.items):
+                self._queue.popleft()
+            else:
+                return size, tokens, True
+
+    async def _collect(self) -> tuple[list[_Slice], float]:
         loop = asyncio.get_running_loop()
-        batch = [await self._queue.get()]
-        size = len(batch[0].items)
+        while True:
+            self._drop_gone()
+            if self._queue:
+                break
+            self._arrived.clear()
+            await self._arrived.wait()
+        batch: list[_Slice] = []
+        size, tokens, full = self._fill(batch, 0, 0.0)
         deadline = loop.time() + self.max_delay_s
-        while size < self.max_batch_size:
+        while not full:
             remaining = deadline - loop.time()
             if remaining <= 0:
                 break
+            self._arrived.clear()
             try:
-                pending = await asyncio.wait_for(self._queue.get(), remaining)
+                await asyncio.wait_for(self._arrived.wait(), remaining)
             except TimeoutError:
                 break
-            batch.append(pending)
-            size += len(pending.items)
-        return batch
+            size, tokens, full = self._fill(batch, size, tokens)
+        return batch, tokens
 
-    def _run_chunks(self, items: list[Any]) -> tuple[np.ndarray, ...]:
-        outputs = [
-            self.fn(items[i : i + self.max_batch_size]) for i in range(0, len(items), self.max_batch_size)
-        ]
-        self.stats.batches += len(outputs)
-        return tuple(np.concatenate(parts, axis=0) for parts in zip(*outputs, strict=True))
+    def _finish(self, part: _Slice, outputs: tuple[np.ndarray, ...], offset: int) -> None:
+        pending = part.pending
+        n = part.end - part.start
+        pending.parts.append(tuple(o[offset : offset + n] for o in outputs))
+        pending.done += n
+        if pending.done == len(pending.items) and not pending.gone:
+            pending.future.set_result(
+                tuple(np.concatenate(columns, axis=0) for columns in zip(*pending.parts, strict=True))
+            )
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            batch = await self._collect()
-            size = sum(len(p.items) for p in batch)
-            # Callers whose deadline passed while queued are not computed.
-            live = [p for p in batch if not p.future.done()]
+            batch, tokens = await self._collect()
+            size = sum(part.end - part.start for part in batch)
+            # Callers that went away while their batch was filling are not computed.
+            live = [part for part in batch if not part.pending.gone]
             try:
                 if live:
-                    items = [item for p in live for item in p.items]
-                    outputs = await loop.run_in_executor(self._executor, self._run_chunks, items)
+                    items = [item for part in live for item in part.pending.items[part.start : part.end]]
+                    outputs = await loop.run_in_executor(self._executor, self.fn, items)
+                    self.stats.batches += 1
                     self.stats.items += len(items)
-                    start = 0
-                    for pending in live:
-                        end = start + len(pending.items)
-                        if not pending.future.done():
-                            pending.future.set_result(tuple(o[start:end] for o in outputs))
-                        start = end
+                    self.stats.tokens += tokens
+                    offset = 0
+                    for part in live:
+                        self._finish(part, outputs, offset)
+                        offset += part.end - part.start
             except Exception as error:
                 log.exception("scoring a batch of %d items failed", size)
-                for pending in live:
-                    if not pending.future.done():
-                        pending.future.set_exception(Internal(f"scoring failed: {type(error).__name__}"))
+                for part in live:
+                    if not part.pending.gone:
+                        part.pending.future.set_exception(Internal(f"scoring failed: {type(error).__name__}"))
             finally:
                 self._queued_items -= size

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from moerm.config import option
+from moerm.devices import DTYPES
 
 
 @dataclass(frozen=True)
@@ -16,11 +17,22 @@ class ExpertConfig:
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
-    max_batch_size: int = option(32, "largest batch the scorer runs at once")
+    max_batch_size: int = option(32, "most items in one batch")
+    max_batch_tokens: int = option(
+        8192, "most tokens in one batch (a shared prefix counts once; padding counts when chunking)"
+    )
     max_queue_delay_ms: float = option(5.0, "how long the batcher waits to fill a batch")
     max_queue_items: int = option(4096, "queued items beyond which calls get RESOURCE_EXHAUSTED")
-    max_length: int = option(0, "token limit per item (0: the bundle's backbone limit)")
+    max_length: int = option(0, "token limit per item (0: the backbone's context length)")
     torch_threads: int = option(0, "torch intra-op threads (0: torch's default)")
+    device: str = option("cpu", "where the model runs: cpu, cuda or cuda:N")
+    dtype: str = option(
+        "auto", "backbone number format: auto (bf16 where the hardware has it), float32, bfloat16, float16"
+    )
+    prefix_sharing: bool = option(
+        True, "decoders: compute a conversation shared by several items once (GRPO groups, best-of-n)"
+    )
+    min_shared_prefix: int = option(16, "fewest common tokens worth sharing")
     # Describe reports these, for routers that use this service as an external reward model.
     norm_mean: float = option(0.0, "reference mean of the first score column")
     norm_std: float = option(0.0, "reference std of the first score column (0: not declared)")
@@ -34,5 +46,9 @@ class ExpertConfig:
             raise SystemExit("expert_svc: --task (or MOERM_TASK) is required")
         if self.max_batch_size < 1 or self.max_queue_items < 1 or self.max_queue_delay_ms < 0:
             raise SystemExit("expert_svc: batch size and queue limits must be positive")
+        if self.max_batch_tokens < 1 or self.max_length < 0 or self.min_shared_prefix < 1:
+            raise SystemExit("expert_svc: --max-batch-tokens and --min-shared-prefix must be positive")
+        if self.dtype not in DTYPES:
+            raise SystemExit(f"expert_svc: --dtype must be one of {', '.join(DTYPES)}")
         if self.norm_std < 0:
             raise SystemExit("expert_svc: --norm-std must be >= 0 (0: not declared)")

@@ -1,7 +1,18 @@
-"""The expert scorer: tokenizes a batch and evaluates all K capability experts
-of the task in one call (see :class:`moerm.experts.CapabilityExperts`) and, for
-the items that ask, the task base reward model (phase 1's base head on the same
-backbone with the capability adapters switched off)."""
+"""The expert scorer: tokenizes items and evaluates all K capability experts of the
+task and, for the items that ask, the task base reward model (phase 1's base head on
+the same backbone with the capability adapters switched off) in as few passes as the
+math allows:
+
+- the layers below the lowest adapter run once for all experts (the trunk);
+- the base model's score comes from the same trunk pass (one more pass over the
+  adapted layers, not a second whole pass);
+- on decoder backbones, items of one conversation (a GRPO group, best-of-n, a
+  prompt repeated across concurrent requests) compute their shared token prefix once
+  and attend to its keys and values (:mod:`moerm.prefix`); encoders, which attend in
+  both directions, keep whole sequences;
+- a batch runs in chunks of at most ``max_batch_tokens`` padded tokens, items of
+  similar length together.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moerm.bundle import Bundle
+from moerm.devices import Placement, resolve
 from moerm.text import Turn, render
 
 log = logging.getLogger(__name__)
@@ -28,14 +40,46 @@ class ExpertInput:
     base: bool = False
 
 
-class ExpertScorer:
-    """Loads one task's experts (and base head) once; :meth:`score` is called from one thread."""
+@dataclass(frozen=True)
+class PreparedItem:
+    """An item as tokens (the rendered conversation and response, the oldest tokens
+    dropped beyond the context limit) and what to compute for it."""
 
-    def __init__(self, bundle: Bundle, task: str, *, max_length: int = 0, torch_threads: int = 0):
+    ids: tuple[int, ...]
+    conversation: tuple[Turn, ...]  # items with the same one may share a prefix
+    experts: bool
+    base: bool
+
+
+class ExpertScorer:
+    """Loads one task's experts (and base head) once; :meth:`score` is called from one
+    thread, :meth:`prepare` from another (each tokenizer call leaves the tokenizer's
+    settings as they were, so the two never conflict)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        task: str,
+        *,
+        max_length: int = 0,
+        torch_threads: int = 0,
+        device: str = "cpu",
+        dtype: str = "auto",
+        max_batch_tokens: int = 8192,
+        prefix_sharing: bool = True,
+        min_shared_prefix: int = 16,
+    ):
         self.bundle = bundle
         self.task = bundle.manifest.task(task)
+        self.requested_max_length = max_length
         self.max_length = max_length or bundle.manifest.backbone.max_length
         self.torch_threads = torch_threads
+        self.device = device
+        self.dtype = dtype
+        self.max_batch_tokens = max_batch_tokens
+        self.prefix_sharing = prefix_sharing
+        self.min_shared_prefix = min_shared_prefix
+        self.placement: Placement | None = None
         self.experts = None
         self.base_model = None
         self.base_head = None
@@ -54,6 +98,14 @@ class ExpertScorer:
     def loaded(self) -> bool:
         return self.experts is not None
 
+    @property
+    def decoder(self) -> bool:
+        return self.bundle.manifest.backbone.kind == "decoder"
+
+    @property
+    def shares_prefixes(self) -> bool:
+        return self.prefix_sharing and self.decoder
+
     def load(self) -> None:
         import torch
 
@@ -61,93 +113,133 @@ class ExpertScorer:
 
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
+        try:
+            placement = resolve(self.device, self.dtype)
+        except ValueError as error:
+            raise SystemExit(f"expert_svc: {error}") from None
         started = time.perf_counter()
         experts, tokenizer = load_task_experts(self.bundle, self.task.name)
-        tokenizer.padding_side = "right"  # pooling reads the last real token
-        tokenizer.truncation_side = "left"  # keep the response, drop old turns
+        config = experts.transformer.config
+        # The context limit is the backbone's own unless --max-length narrows it.
+        limit = int(getattr(config, "max_position_embeddings", 0) or self.bundle.manifest.backbone.max_length)
+        self.max_length = min(self.requested_max_length or limit, limit)
+        experts.to_backbone_dtype(placement.torch_dtype).to(placement.device)
         if self.has_base:
             # The experts' backbone already has the base adapter merged in; with the
             # capability adapters disabled it is the base model's backbone.
             manifest = self.bundle.manifest
             self.base_head = load_heads(
                 self.bundle.path(self.task.base_head_file), ["base"], manifest.backbone.hidden_size
-            )["base"]
+            )["base"].to(placement.device)
             self.base_model = RewardModel(
                 experts.transformer, self.base_head, manifest.backbone.pooling
             ).eval()
+        if tokenizer.pad_token_id is None:
+            raise SystemExit(
+                f"expert_svc: the tokenizer of {self.bundle.manifest.backbone.ref} has no pad token"
+            )
         self.tokenizer = tokenizer
+        self.placement = placement
         self.experts = experts
         log.info(
-            "task %r: %d experts%s loaded in %.1fs",
+            "task %r: %d experts%s loaded in %.1fs on %s, attention %s, context %d tokens, "
+            "shared prefixes %s, batches of at most %d tokens",
             self.task.name,
             len(self.capabilities),
             " and the base model" if self.has_base else "",
             time.perf_counter() - started,
+            placement,
+            getattr(config, "_attn_implementation", "?"),
+            self.max_length,
+            "on" if self.shares_prefixes else "off" + ("" if self.decoder else " (encoder backbone)"),
+            self.max_batch_tokens,
         )
 
-    def _encode(self, texts: list[str]) -> tuple[list[int], dict]:
-        """Length-sorted padded batch of ``texts`` and the sort order."""
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length, add_special_tokens=True)
-        order = sorted(range(len(texts)), key=lambda i: len(encoded["input_ids"][i]))
-        batch = self.tokenizer.pad(
-            {"input_ids": [encoded["input_ids"][i] for i in order]},
-            padding=True,
-            return_tensors="pt",
-        )
-        return order, batch
+    def prepare(self, items: Sequence[ExpertInput]) -> list[PreparedItem]:
+        """Render and tokenize; beyond the context limit the oldest tokens are dropped
+        (the response is kept)."""
+        texts = [render(self.tokenizer, item.turns, item.response) for item in items]
+        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
+        return [
+            PreparedItem(tuple(ids[-self.max_length :]), item.turns, item.experts, item.base)
+            for ids, item in zip(encoded, items, strict=True)
+        ]
 
-    def _experts(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """Shape: N texts -> scores (N, K), hidden (N, K, d), in input order."""
-        import torch
+    def costs(self, items: Sequence[PreparedItem]) -> list[float]:
+        """Tokens each item will cost in a batch (its share of a prefix it shares)."""
+        return self._plan(items).item_costs()
 
-        order, batch = self._encode(texts)
-        with torch.inference_mode():
-            scores, hidden = self.experts(batch["input_ids"], batch["attention_mask"])
-        inverse = np.argsort(order)
-        return scores.numpy()[inverse], hidden.numpy()[inverse]
+    def _plan(self, items: Sequence[PreparedItem]):
+        from moerm.prefix import plan
 
-    def _experts_and_base(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Both at once, sharing the trunk. Shape: N texts -> (N, K), (N, K, d), (N,)."""
-        import torch
+        if self.shares_prefixes:
+            groups = [(item.conversation, item.experts, item.base) for item in items]
+            return plan([item.ids for item in items], groups, self.min_shared_prefix)
+        return plan([item.ids for item in items], range(len(items)))
 
-        order, batch = self._encode(texts)
-        with torch.inference_mode():
-            scores, hidden, base = self.experts.forward_with_base(
-                batch["input_ids"], batch["attention_mask"], self.base_head
-            )
-        inverse = np.argsort(order)
-        return scores.numpy()[inverse], hidden.numpy()[inverse], base.numpy()[inverse]
-
-    def _base(self, texts: list[str]) -> np.ndarray:
-        """Shape: N texts -> base rewards (N,), in input order."""
-        import torch
-
-        order, batch = self._encode(texts)
-        with torch.inference_mode(), self.experts.peft_model.disable_adapter():
-            rewards = self.base_model(batch["input_ids"], batch["attention_mask"])
-        return rewards.numpy()[np.argsort(order)]
-
-    def score(self, items: Sequence[ExpertInput]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def score(self, items: Sequence[PreparedItem]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Shape: B items -> scores (B, K), hidden (B, K, d), base (B,), float32.
 
         Rows of items that did not ask for the experts (or the base model) are NaN.
-        Items are sorted by length and run in that order so that padding stays
-        small; results come back in input order.
+        Identical items are computed once.
         """
+        import torch
+
         k, d = len(self.capabilities), self.bundle.manifest.backbone.hidden_size
         scores = np.full((len(items), k), np.nan, dtype=np.float32)
         hidden = np.full((len(items), k, d), np.nan, dtype=np.float32)
         base = np.full(len(items), np.nan, dtype=np.float32)
-        texts = [render(self.tokenizer, item.turns, item.response) for item in items]
-        if any(item.base for item in items) and self.base_model is None:
+        if any(item.base for item in items) and self.base_head is None:
             raise ValueError(f"task {self.task.name!r} has no base model")
-        both = [i for i, item in enumerate(items) if item.experts and item.base]
-        if both:
-            scores[both], hidden[both], base[both] = self._experts_and_base([texts[i] for i in both])
-        rows = [i for i, item in enumerate(items) if item.experts and not item.base]
-        if rows:
-            scores[rows], hidden[rows] = self._experts([texts[i] for i in rows])
-        rows = [i for i, item in enumerate(items) if item.base and not item.experts]
-        if rows:
-            base[rows] = self._base([texts[i] for i in rows])
-        return scores, hidden, base
+        first: dict[tuple, int] = {}
+        copies = [first.setdefault((item.ids, item.experts, item.base), i) for i, item in enumerate(items)]
+        unique = sorted(set(copies))
+        plan = self._plan([items[i] for i in unique])
+        with torch.inference_mode(), self.placement.autocast():
+            for chunk in plan.chunks(self.max_batch_tokens):
+                rows = [unique[c] for c in chunk]
+                wants = {(items[i].experts, items[i].base) for i in rows}
+                for experts, with_base in wants:
+                    part = [
+                        c
+                        for c in chunk
+                        if (items[unique[c]].experts, items[unique[c]].base) == (experts, with_base)
+                    ]
+                    s, h, b = self._run(plan.take(part), experts, with_base)
+                    targets = [unique[c] for c in part]
+                    if s is not None:
+                        scores[targets], hidden[targets] = s, h
+                    if b is not None:
+                        base[targets] = b
+        return scores[copies], hidden[copies], base[copies]
+
+    def _run(self, plan, experts: bool, with_base: bool):
+        """One chunk on the model: numpy (scores, hidden, base), None where not asked."""
+        head = self.base_head if with_base else None
+        if self.decoder:
+            s, h, b = self.experts.forward_shared(plan, self.tokenizer.pad_token_id, head, experts=experts)
+        else:
+            s, h, b = self._run_whole(plan, experts, head)
+
+        def out(tensor):
+            return None if tensor is None else tensor.float().cpu().numpy()
+
+        return out(s), out(h), out(b)
+
+    def _run_whole(self, plan, experts: bool, head):
+        """Whole sequences (encoders: no shared prefixes)."""
+        from moerm.prefix import pad
+
+        ids, lengths = pad(plan.suffixes, self.tokenizer.pad_token_id)
+        mask = (np.arange(ids.shape[1])[None, :] < lengths.numpy()[:, None]).astype(np.int64)
+        import torch
+
+        device = self.experts.device
+        ids, mask = ids.to(device), torch.from_numpy(mask).to(device)
+        if not experts:
+            with self.experts.peft_model.disable_adapter():
+                return None, None, self.base_model(ids, mask)
+        if head is None:
+            s, h = self.experts(ids, mask)
+            return s, h, None
+        return self.experts.forward_with_base(ids, mask, head)

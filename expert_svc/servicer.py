@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+from concurrent.futures import ThreadPoolExecutor
+
 import grpc
 
 from expert_svc.batcher import DynamicBatcher
-from expert_svc.scorer import ExpertInput, ExpertScorer
+from expert_svc.scorer import ExpertInput, ExpertScorer, PreparedItem
 from moerm.errors import FieldViolation, InvalidArgument, Unavailable
 from moerm.tensors import to_proto
 from moerm.text import ROLES, Turn
@@ -40,6 +43,15 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         self.scorer = scorer
         self.batcher = batcher
         self.norm = norm  # (mean, std) of the first score column; std 0: not declared
+        # Tokenizing runs beside the model's thread, so a batch is prepared while another runs.
+        self._prepare = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tokenizer")
+
+    def close(self) -> None:
+        self._prepare.shutdown(wait=False, cancel_futures=True)
+
+    def _prepared(self, items: list[ExpertInput]) -> tuple[list[PreparedItem], list[float]]:
+        prepared = self.scorer.prepare(items)
+        return prepared, self.scorer.costs(prepared)
 
     def _check(self, request: expert_pb2.ExpertRequest) -> None:
         task = self.scorer.task.name
@@ -53,7 +65,10 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         if not self.scorer.loaded:
             raise Unavailable(f"expert {self.scorer.task.name!r} is still loading its model")
         self._check(request)
-        scores, hidden, base = await self.batcher.submit(parse_items(request))
+        items = parse_items(request)
+        loop = asyncio.get_running_loop()
+        prepared, costs = await loop.run_in_executor(self._prepare, self._prepared, items)
+        scores, hidden, base = await self.batcher.submit(prepared, costs)
         response = expert_pb2.ExpertResponse(
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,

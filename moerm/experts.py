@@ -54,11 +54,13 @@ def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, how: str) -> torch.
 
     Shape: hidden (B, T, d), attention_mask (B, T) -> (B, d). ``last`` takes
     the last non-padding token (right padding); ``mean`` averages real tokens.
+    float32 whatever the dtype of ``hidden`` (heads and the aggregator are float32).
     """
     if how == "last":
         last = attention_mask.sum(dim=1) - 1
-        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
     if how == "mean":
+        hidden = hidden.float()
         mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
         return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1.0)
     raise ValueError(f"unknown pooling {how!r}")
@@ -227,23 +229,30 @@ class CapabilityExperts(nn.Module):
         return scores, hidden, base
 
     def forward_shared(
-        self, plan: PrefixPlan, pad_id: int, base_head: nn.Linear | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        self,
+        plan: PrefixPlan,
+        pad_id: int,
+        base_head: nn.Linear | None = None,
+        experts: bool = True,
+    ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Scores of the planned items with every shared prefix computed once
         (decoders only, see :mod:`moerm.prefix`): the prefixes' trunk layers once, each
         expert's adapted layers over them once per expert, then the items' own tokens
         attending to those keys and values. ``base_head``: also the task base model's
-        rewards (every capability adapter disabled), on the same trunk.
+        rewards (every capability adapter disabled) on the same trunk; ``experts``
+        False: only those.
 
-        Shape: B planned items -> scores (B, K), hidden (B, K, d), base (B,) or None,
-        float32 whatever the backbone's dtype.
+        Shape: B planned items -> scores (B, K), hidden (B, K, d), base (B,); None for
+        what was not asked. float32 whatever the backbone's dtype.
         """
         stack = self.decoder_stack
         first, last = self.first_lora_layer, stack.num_layers
         device = self.device
-        heads = [(cap, self.heads[cap]) for cap in self.capabilities]
+        heads: list[str | None] = list(self.capabilities) if experts else []
         if base_head is not None:
-            heads.append((None, base_head))
+            heads.append(None)
+        if not heads:
+            raise ValueError("nothing to compute: no experts and no base head")
 
         prefix_trunk, prefix_heads, prefix_lengths = None, [None] * len(heads), None
         if plan.prefixes:
@@ -253,20 +262,19 @@ class CapabilityExperts(nn.Module):
             rotary = stack.rotary(hidden, inputs)
             prefix_trunk = LayerCache()
             hidden = stack.run(hidden, 0, first, inputs, rotary, prefix_trunk)
-            for h, (cap, _) in enumerate(heads):
+            for h, cap in enumerate(heads):
                 prefix_heads[h] = LayerCache()
                 with self._active(cap):
                     stack.run(hidden, first, last, inputs, rotary, prefix_heads[h])
 
         ids, lengths = pad(plan.suffixes, pad_id)
-        rows = torch.tensor([max(g, 0) for g in plan.prefix_of], dtype=torch.long, device=device)
+        own_prefix = None
         if prefix_lengths is not None:
             own_prefix = torch.tensor(
                 [int(prefix_lengths[g]) if g >= 0 else 0 for g in plan.prefix_of], dtype=torch.long
             )
-            inputs = pass_inputs(lengths, ids.shape[1], own_prefix).to(device)
-        else:
-            inputs = pass_inputs(lengths, ids.shape[1], None).to(device)
+        inputs = pass_inputs(lengths, ids.shape[1], own_prefix).to(device)
+        rows = torch.tensor([max(g, 0) for g in plan.prefix_of], dtype=torch.long, device=device)
 
         def cache(recorded: LayerCache | None) -> LayerCache | None:
             return None if recorded is None else LayerCache(recorded, rows)
@@ -275,14 +283,12 @@ class CapabilityExperts(nn.Module):
         rotary = stack.rotary(hidden, inputs)
         trunk = stack.run(hidden, 0, first, inputs, rotary, cache(prefix_trunk))
         pooled = []
-        for h, (cap, _) in enumerate(heads):
+        for h, cap in enumerate(heads):
             with self._active(cap):
                 top = stack.run(trunk, first, last, inputs, rotary, cache(prefix_heads[h]))
             pooled.append(last_states(top, lengths))
-        base = None
-        if base_head is not None:
-            base = base_head(pooled.pop()).squeeze(-1)
-        scores, hidden = self._score(pooled)
+        base = base_head(pooled.pop()).squeeze(-1) if base_head is not None else None
+        scores, hidden = self._score(pooled) if experts else (None, None)
         return scores, hidden, base
 
     @contextmanager

@@ -1,7 +1,8 @@
 """Shared fixtures.
 
-Session-wide: ``redis_url`` (a Redis-protocol server for cache tests) and
-``minilm_bundle`` (a small untrained bundle on the MiniLM backbone).
+Session-wide: ``redis_url`` (a Redis-protocol server for cache tests),
+``minilm_bundle`` (a small untrained bundle on the MiniLM backbone) and, for the slow
+tier, ``smollm2_bundle`` (one task with K = 5 experts and a base model on SmolLM2).
 """
 
 from __future__ import annotations
@@ -49,3 +50,19 @@ def minilm_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bundles") / "minilm"
     create_bundle(out, tasks, backbone="minilm", seed=0)
     return out
+
+
+@pytest.fixture(scope="session")
+def smollm2_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Directory of an untrained SmolLM2 bundle with the serving layout (task "code",
+    K = 5 capability experts with LoRA on the top quarter, a task base model); random
+    adapters and heads, so experts, base model and backbone all differ."""
+    from moerm.bundle import Capability
+    from moerm.bundle_build import TaskDefinition, create_bundle
+    from tests.expert_svc.bundles import with_base_models
+
+    caps = ("correctness", "efficiency", "readability", "explanation", "safety")
+    task = TaskDefinition("code", "programming, writing or fixing code", tuple(Capability(c) for c in caps))
+    root = tmp_path_factory.mktemp("bundles")
+    create_bundle(root / "smollm2-plain", [task], backbone="smollm2", seed=0)
+    return with_base_models(root / "smollm2-plain", root / "smollm2")

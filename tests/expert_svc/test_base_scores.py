@@ -44,7 +44,11 @@ def request(**flags) -> expert_pb2.ExpertRequest:
 
 @pytest.fixture
 async def expert(based_bundle: Path) -> AsyncIterator[tuple[ExpertApp, expert_pb2_grpc.ExpertServiceStub]]:
-    app = build_expert(ExpertConfig(bundle=str(based_bundle), task="code", norm_mean=0.25, norm_std=2.0))
+    # float32: the scores are compared with a float32 reference to 1e-5.
+    config = ExpertConfig(
+        bundle=str(based_bundle), task="code", norm_mean=0.25, norm_std=2.0, dtype="float32"
+    )
+    app = build_expert(config)
     await app.start()
     try:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.server.port}") as channel:
@@ -103,14 +107,16 @@ def test_mixed_batch_rows_compute_only_what_they_asked_for(based_bundle: Path) -
     """The batcher merges requests with different flags into one scorer call."""
     from expert_svc.scorer import ExpertScorer
 
-    scorer = ExpertScorer(Bundle.load(based_bundle), "code")
+    scorer = ExpertScorer(Bundle.load(based_bundle), "code", dtype="float32")
     scorer.load()
     turns = (Turn("user", "Reverse a list in Python."),)
-    items = [
-        ExpertInput(turns, "xs[::-1]", experts=True, base=False),
-        ExpertInput(turns, "list(reversed(xs))", experts=False, base=True),
-        ExpertInput(turns, "xs.reverse()", experts=True, base=True),
-    ]
+    items = scorer.prepare(
+        [
+            ExpertInput(turns, "xs[::-1]", experts=True, base=False),
+            ExpertInput(turns, "list(reversed(xs))", experts=False, base=True),
+            ExpertInput(turns, "xs.reverse()", experts=True, base=True),
+        ]
+    )
     scores, hidden, base = scorer.score(items)
     assert np.isfinite(scores[[0, 2]]).all() and np.isnan(scores[1]).all() and np.isnan(hidden[1]).all()
     assert np.isnan(base[0]) and np.isfinite(base[[1, 2]]).all()

@@ -155,3 +155,42 @@ async def test_submit_needs_a_running_batcher(fn: Recorder) -> None:
     with pytest.raises(Unavailable):
         await batcher.submit([1])
     assert len(fn.calls) == 1
+
+
+async def test_token_budget_bounds_a_batch(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=64, max_batch_tokens=10, max_delay_s=0.1)
+    results = await asyncio.gather(
+        batcher.submit([1, 2, 3], costs=[4, 4, 4]), batcher.submit([4], costs=[50])
+    )
+    check([1, 2, 3], results[0])
+    check([4], results[1])
+    # 4 + 4 fit in 10 tokens, the third does not; an item over the budget runs alone.
+    assert fn.calls == [[1, 2], [3], [4]]
+    assert batcher.stats.tokens == 62
+
+
+async def test_a_split_request_shares_batches_with_the_next(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=4, max_delay_s=0.1)
+    results = await asyncio.gather(batcher.submit([1, 2, 3]), batcher.submit([4, 5, 6]))
+    check([1, 2, 3], results[0])
+    check([4, 5, 6], results[1])
+    assert fn.calls == [[1, 2, 3, 4], [5, 6]]
+
+
+async def test_a_cancelled_caller_is_not_computed(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=2, max_delay_s=0.01)
+    fn.gate = threading.Event()
+    first = asyncio.create_task(batcher.submit([1, 2]))
+    while not fn.entered.is_set():
+        await asyncio.sleep(0.005)
+    doomed = asyncio.create_task(batcher.submit([3, 4, 5]))
+    await asyncio.sleep(0.01)
+    assert batcher.queued_items == 5
+    doomed.cancel()
+    fn.gate.set()
+    check([1, 2], await first)
+    with pytest.raises(asyncio.CancelledError):
+        await doomed
+    check([6], await batcher.submit([6]))
+    assert fn.calls == [[1, 2], [6]]
+    assert batcher.queued_items == 0
