@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
-from expert_svc.batcher import DynamicBatcher
 from expert_svc.config import ExpertConfig
 from expert_svc.scorer import ExpertScorer
 from expert_svc.servicer import ExpertServicer
+from moerm.batching import DynamicBatcher
 from moerm.bundle import Bundle
 from moerm.server import Server, create_server
 from moerm.v1 import expert_pb2, expert_pb2_grpc

@@ -7,8 +7,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
-from expert_svc.batcher import DynamicBatcher
 from expert_svc.scorer import ExpertInput, ExpertScorer, PreparedItem
+from moerm.batching import DynamicBatcher
 from moerm.errors import FieldViolation, InvalidArgument, Unavailable
 from moerm.tensors import to_proto
 from moerm.text import ROLES, Turn

@@ -124,6 +124,8 @@ class RouterSpec:
     min_confidence: float = 0.0
     trained: bool = False
     classifier_file: str = "router/classifier.safetensors"
+    # Tokens of the prompt the embedder reads (the latest ones) when the classifier was trained.
+    embed_max_tokens: int = 256
 
 
 @dataclass(frozen=True)

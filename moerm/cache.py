@@ -1,5 +1,11 @@
 """The score cache: Redis (redis-py asyncio), one MGET per request and one
-pipelined write of the new scores.
+pipelined write of the new scores, behind an in-process LRU of recent entries.
+
+The local tier answers repeated lookups (a trainer re-scoring its items, the
+embeddings of a GRPO group's prompt) with no round trip and no decoding; Redis
+shares entries between router replicas and restarts. Entries never change once
+written (the key holds everything the value depends on), so the two tiers cannot
+disagree; the local tier keeps Redis's TTL.
 
 A cache that is down or slow never fails a request: the call is bypassed,
 counted in :class:`CacheStats`, and the cache is skipped for ``backoff_s``
@@ -12,6 +18,7 @@ import hashlib
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -37,7 +44,8 @@ def cache_key(
 
 @dataclass
 class CacheStats:
-    hits: int = 0
+    hits: int = 0  # from either tier
+    local_hits: int = 0  # of which from the in-process tier
     misses: int = 0
     writes: int = 0
     errors: int = 0  # failed cache calls (each bypassed)
@@ -55,6 +63,7 @@ class ScoreCache:
         timeout_s: float = 0.25,
         backoff_s: float = 2.0,
         namespace: str = "",
+        local_entries: int = 32768,
     ):
         self.url = url
         # Prepended to every key: lets several clusters (or test runs) share one Redis.
@@ -64,6 +73,8 @@ class ScoreCache:
         self.stats = CacheStats()
         self._down_until = 0.0
         self._client = None
+        self.local_entries = local_entries
+        self._local: OrderedDict[str, tuple[float, dict]] = OrderedDict()  # key -> (expiry, value)
         if url:
             import redis.asyncio as redis
 
@@ -92,34 +103,65 @@ class ScoreCache:
         self._down_until = time.monotonic() + self.backoff_s
         log.warning("score cache %s failed, bypassing for %.1fs: %s", what, self.backoff_s, error)
 
+    def _local_get(self, key: str, now: float) -> dict | None:
+        entry = self._local.get(key)
+        if entry is None:
+            return None
+        if entry[0] <= now:
+            del self._local[key]
+            return None
+        self._local.move_to_end(key)
+        return entry[1]
+
+    def _local_put(self, entries: dict[str, dict], expires: float) -> None:
+        if self.local_entries <= 0:
+            return
+        for key, value in entries.items():
+            self._local[key] = (expires, value)
+            self._local.move_to_end(key)
+        while len(self._local) > self.local_entries:
+            self._local.popitem(last=False)
+
     async def get_many(self, keys: Sequence[str]) -> list[dict | None]:
-        """Cached values for ``keys`` (None for a miss), in one round trip."""
-        if not keys or not self._available():
+        """Cached values for ``keys`` (None for a miss): the in-process tier first,
+        the rest in one round trip. Treat the values as read-only."""
+        if not keys or self._client is None:
             return [None] * len(keys)
-        try:
-            raw = await self._client.mget([self.namespace + key for key in keys])
-        except Exception as error:  # any failure of the cache is bypassed
-            self._failed("read", error)
-            return [None] * len(keys)
-        values = []
-        for blob in raw:
-            value = None
-            if blob is not None:
+        now = time.monotonic()
+        values = [self._local_get(key, now) for key in keys]
+        local = sum(v is not None for v in values)
+        self.stats.local_hits += local
+        remote = [i for i, v in enumerate(values) if v is None]
+        if remote and self._available():
+            try:
+                raw = await self._client.mget([self.namespace + keys[i] for i in remote])
+            except Exception as error:  # any failure of the cache is bypassed
+                self._failed("read", error)
+                raw = [None] * len(remote)
+            found = {}
+            for i, blob in zip(remote, raw, strict=True):
+                if blob is None:
+                    continue
                 try:
                     value = json.loads(blob)
                 except (ValueError, UnicodeDecodeError):
-                    value = None  # a foreign or damaged entry is a miss
-                if not isinstance(value, dict):
-                    value = None
-            values.append(value)
+                    continue  # a foreign or damaged entry is a miss
+                if isinstance(value, dict):
+                    values[i] = found[keys[i]] = value
+            # Redis's remaining TTL is not fetched: a local copy lives at most ttl_s more.
+            self._local_put(found, now + self.ttl_s)
         hits = sum(v is not None for v in values)
         self.stats.hits += hits
         self.stats.misses += len(values) - hits
         return values
 
     async def set_many(self, entries: dict[str, dict]) -> None:
-        """Write ``key -> value`` with the TTL, pipelined in one round trip."""
-        if not entries or not self._available():
+        """Write ``key -> value`` with the TTL: the local tier at once, Redis pipelined
+        in one round trip."""
+        if not entries or self._client is None:
+            return
+        self._local_put(entries, time.monotonic() + self.ttl_s)
+        if not self._available():
             return
         try:
             async with self._client.pipeline(transaction=False) as pipe:

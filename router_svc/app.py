@@ -9,6 +9,7 @@ import numpy as np
 
 from moerm.bundle import Bundle
 from moerm.cache import ScoreCache
+from moerm.devices import resolve
 from moerm.embedded_redis import EmbeddedRedis
 from moerm.routing.pool import RewardModelPool, build_pool
 from moerm.routing.prior import OfflineRouter
@@ -118,7 +119,19 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
     )
     state = bandit_state(config, url, pool, bundle.manifest.router.embed_dim) if url else None
     downstream = Downstream(config.expert_endpoints, config.aggregator, config.external_endpoints)
-    router = Router(config, bundle, TaskClassifier(bundle, embedder), cache, downstream, pool, state)
+    try:
+        placement = resolve("cpu", config.embed_dtype)
+    except ValueError as error:
+        raise SystemExit(f"router_svc: {error}") from None
+    classifier = TaskClassifier(
+        bundle,
+        embedder,
+        max_tokens=config.embed_max_tokens,
+        placement=placement,
+        threads=config.torch_threads,
+    )
+    log.info("prompt embedder: %s, %d tokens", placement, classifier.max_tokens)
+    router = Router(config, bundle, classifier, cache, downstream, pool, state)
     servicer = RewardServicer(router)
     server = create_server(
         lambda s: reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, s),

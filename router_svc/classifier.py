@@ -1,19 +1,21 @@
 """The outer layer of DMoERM: prompt -> task, top-1 with a confidence.
 
-The prompt embedder (torch) runs on one worker thread; the classifier is a
-linear layer + softmax in numpy over the embeddings.
+The prompt embedder (torch) runs on one worker thread behind a batcher, so the
+prompts of concurrent requests are embedded together (the worker takes whatever is
+queued when it is free); the classifier is a linear layer + softmax in numpy over
+the embeddings.
 """
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
 
+from moerm.batching import DynamicBatcher
 from moerm.bundle import Bundle, load_numpy
+from moerm.devices import Placement
 from moerm.errors import BundleError
 
 
@@ -25,7 +27,20 @@ class Route:
 
 
 class TaskClassifier:
-    def __init__(self, bundle: Bundle, embedder=None):
+    """``max_tokens``: prompt tokens the embedder reads (0: what the classifier was
+    trained with, the bundle's ``embed_max_tokens``); ``placement``: where and in
+    which dtype the embedder runs (default float32 on the CPU); ``threads``: torch
+    threads (0: torch's default)."""
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        embedder=None,
+        *,
+        max_tokens: int = 0,
+        placement: Placement | None = None,
+        threads: int = 0,
+    ):
         spec = bundle.manifest.router
         tensors = load_numpy(bundle, spec.classifier_file)
         try:
@@ -42,14 +57,32 @@ class TaskClassifier:
         self.default_task = spec.default_task
         self.min_confidence = spec.min_confidence
         self.embedder_ref = spec.embedder
+        self.max_tokens = max_tokens or spec.embed_max_tokens
+        self.placement = placement or Placement("cpu", "float32", "default")
+        self.threads = threads
         self._embedder = embedder
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embedder")
+        self._batcher = DynamicBatcher(
+            lambda texts: (self.embed(texts),), max_batch_size=256, max_delay_s=0.0, max_queue_items=1 << 30
+        )
+
+    @property
+    def embedding_id(self) -> str:
+        """What an embedding depends on besides the prompt (part of its cache key)."""
+        return f"{self.embedder_ref}/{self.max_tokens}/{self.placement.dtype}"
 
     def load(self) -> None:
         if self._embedder is None:
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)
             from moerm.embed import PromptEmbedder
 
-            self._embedder = PromptEmbedder(self.embedder_ref)
+            self._embedder = PromptEmbedder(self.embedder_ref, self.max_tokens, placement=self.placement)
+
+    def start(self) -> None:
+        """Start embedding for :meth:`embed_prompts` (inside the event loop)."""
+        self._batcher.start()
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Shape: (N, E) -> (N, T), rows sum to 1."""
@@ -85,11 +118,12 @@ class TaskClassifier:
         return self.probabilities(self.embed(texts))
 
     async def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
-        """:meth:`embed` on the worker thread, off the event loop. Shape: N -> (N, E)."""
+        """:meth:`embed` on the worker thread, together with other callers' prompts.
+        Shape: N -> (N, E)."""
         if not prompts:
             return np.zeros((0, self.weight.shape[1]), dtype=np.float32)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self.embed, list(prompts))
+        (vectors,) = await self._batcher.submit(list(prompts))
+        return vectors
 
     async def route_prompts(self, prompts: Sequence[str]) -> list[Route]:
         """One route per prompt; embeds on the worker thread, off the event loop."""
@@ -97,5 +131,5 @@ class TaskClassifier:
             return []
         return self.routes(self.probabilities(await self.embed_prompts(prompts)))
 
-    def close(self) -> None:
-        self._executor.shutdown(wait=False)
+    async def close(self) -> None:
+        await self._batcher.stop()

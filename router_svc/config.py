@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 
 from moerm.config import option
+from moerm.devices import DTYPES
 from moerm.routing.bandits import POLICY_CLASSES
 from moerm.routing.ensembles import ENSEMBLES
 
@@ -83,6 +84,14 @@ class RouterConfig:
     decision_ttl_s: int = option(86400, "seconds a scored item's routing decision waits for its feedback")
     bandit_timeout_ms: float = option(2000.0, "deadline of a bandit-state call to Redis")
     describe_timeout_s: float = option(30.0, "how long start-up waits for each external reward model")
+    torch_threads: int = option(1, "torch threads of the prompt embedder (0: torch's default)")
+    embed_dtype: str = option(
+        "auto", "prompt embedder number format: auto (bf16 where the CPU has it), float32, bfloat16"
+    )
+    embed_max_tokens: int = option(
+        0,
+        "prompt tokens the embedder reads, the latest ones (0: what the bundle's classifier was trained on)",
+    )
     max_items: int = option(1024, "most items in one Score or Feedback request")
     max_text_chars: int = option(32768, "longest prompt, message or response, in characters")
     default_timeout_s: float = option(60.0, "deadline for downstream calls when the caller sets none")
@@ -105,6 +114,11 @@ class RouterConfig:
             raise SystemExit("router_svc: max_items and max_text_chars must be positive")
         if self.linucb_lambda <= 0 or self.thompson_lambda0 <= 0 or self.linucb_alpha < 0:
             raise SystemExit("router_svc: --linucb-lambda and --thompson-lambda0 must be > 0, alpha >= 0")
+        if self.embed_dtype not in DTYPES or self.embed_max_tokens < 0 or self.torch_threads < 0:
+            raise SystemExit(
+                f"router_svc: --embed-dtype must be one of {', '.join(DTYPES)}; "
+                "--embed-max-tokens and --torch-threads >= 0"
+            )
         if self.uwo_lambda < 0 or self.decision_ttl_s < 1:
             raise SystemExit("router_svc: --uwo-lambda must be >= 0 and --decision-ttl-s positive")
 

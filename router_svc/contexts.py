@@ -44,7 +44,7 @@ class PromptContexts:
         self.embedded = 0  # conversations embedded (cache misses), for stats
 
     def _key(self, turns: Sequence[Turn]) -> str:
-        return cache_key(self.bundle_version, EMBEDDING_ENTRY, self.classifier.embedder_ref, turns, "")
+        return cache_key(self.bundle_version, EMBEDDING_ENTRY, self.classifier.embedding_id, turns, "")
 
     async def embed(self, conversations: Sequence[Sequence[Turn]]) -> np.ndarray:
         """Embeddings of normalized conversations; each distinct uncached one is embedded once.

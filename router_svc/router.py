@@ -112,6 +112,7 @@ class Router:
         """Load the embedder, describe the external reward models, catch up with the
         bandit log. Score answers UNAVAILABLE until this is done."""
         await asyncio.to_thread(self.classifier.load)
+        self.classifier.start()
         for spec in self.pool.externals():
             description = await self.downstream.describe(spec.name, self.config.describe_timeout_s)
             declared = (
@@ -332,4 +333,4 @@ class Router:
         await self.cache.close()
         if self.state is not None:
             await self.state.store.redis.aclose()
-        self.classifier.close()
+        await self.classifier.close()

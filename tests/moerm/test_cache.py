@@ -200,3 +200,48 @@ async def test_a_slow_cache_is_bypassed_within_its_timeout():
     assert cache.stats.errors == 1
     assert cache.stats.bypassed == 1
     assert cache.stats.writes == 0
+
+
+# -- the in-process tier --------------------------------------------------------------
+
+
+async def test_local_tier_answers_repeats_without_redis(redis_url: str, raw, created) -> None:
+    keys = unique_keys(3)
+    created.extend(keys)
+    cache = ScoreCache(redis_url, ttl_s=60)
+    try:
+        await cache.set_many({keys[0]: {"r": 1.0}})
+        assert raw.get(keys[0]) is not None  # written through to Redis
+        raw.delete(keys[0])  # from now on only the local tier has it
+        assert await cache.get_many(keys[:1]) == [{"r": 1.0}]
+        assert (cache.stats.hits, cache.stats.local_hits) == (1, 1)
+        # A value read from Redis is kept locally too.
+        raw.set(keys[1], '{"r": 2.0}')
+        assert await cache.get_many([keys[1]]) == [{"r": 2.0}]
+        raw.delete(keys[1])
+        assert await cache.get_many([keys[1], keys[2]]) == [{"r": 2.0}, None]
+        assert cache.stats.local_hits == 2 and cache.stats.misses == 1
+    finally:
+        await cache.close()
+
+
+async def test_local_tier_is_bounded_and_expires(redis_url: str, raw, created) -> None:
+    keys = unique_keys(3)
+    created.extend(keys)
+    cache = ScoreCache(redis_url, ttl_s=60, local_entries=2)
+    try:
+        await cache.set_many({key: {"r": float(i)} for i, key in enumerate(keys)})
+        raw.delete(*keys)
+        # Only the two most recent entries stay in the process.
+        assert await cache.get_many(keys) == [None, {"r": 1.0}, {"r": 2.0}]
+    finally:
+        await cache.close()
+    short = ScoreCache(redis_url, ttl_s=1)
+    try:
+        await short.set_many({keys[0]: {"r": 0.0}})
+        raw.delete(keys[0])
+        assert await short.get_many(keys[:1]) == [{"r": 0.0}]
+        await asyncio.sleep(1.1)
+        assert await short.get_many(keys[:1]) == [None]  # expired with Redis's TTL
+    finally:
+        await short.close()

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator, Callable
 import numpy as np
 import pytest
 
-from expert_svc.batcher import DynamicBatcher
+from moerm.batching import DynamicBatcher
 from moerm.errors import Internal, ResourceExhausted, Unavailable
 
 
