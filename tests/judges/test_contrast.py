@@ -12,6 +12,8 @@ import pytest
 
 from moerm.bundle import Capability
 from moerm.data.records import PreferencePair
+from moerm.judges.base import load_labels
+from moerm.judges.cli import main
 from moerm.judges.contrast import (
     FAMILIES,
     FAMILY_NAMES,
@@ -28,6 +30,7 @@ from moerm.judges.contrast import (
 )
 from moerm.judges.contrast.families import human_preference
 from moerm.judges.contrast.pool import ResponsePool, Source, other_prompt, swap_fact
+from moerm.judges.io import capabilities_to_json, write_pairs
 from moerm.text import Turn
 
 ARITHMETIC = "First add 12 and 30. Then check the sum twice. So the answer is 42."
@@ -195,3 +198,36 @@ def test_contrast_files_round_trip_and_need_origins(tmp_path):
     with pytest.raises(ValueError, match="c.pairs.jsonl:1: .*origins"):
         read_contrast_pairs(path)
     assert pairs_path(tmp_path / "labels.jsonl") == tmp_path / "labels.pairs.jsonl"
+
+
+def test_label_command_with_the_contrast_source(tmp_path, capsys):
+    write_pairs(PAIRS, tmp_path / "pairs.jsonl")
+    (tmp_path / "caps.json").write_text(json.dumps(capabilities_to_json(CAPABILITIES)))
+    split = {"t:0": "train", "t:1": "train", "t:2": "train", "t:3": "train", "t:4": "test", "t:5": "test"}
+    manifest = {
+        "format_version": 1,
+        "seed": 0,
+        "fractions": [0.7, 0.1, 0.2],
+        "assignment": split,
+        "strata": {key: ["x", False] for key in split},
+    }
+    (tmp_path / "split.json").write_text(json.dumps(manifest))
+    out = tmp_path / "contrast.jsonl"
+    args = ["label", "--pairs", str(tmp_path / "pairs.jsonl"), "--capabilities", str(tmp_path / "caps.json")]
+    command = [*args, "--out", str(out), "--judge", "contrast", "--split-file", str(tmp_path / "split.json")]
+    assert main(command) == 0
+    labels = load_labels(out)
+    contrast = read_contrast_pairs(tmp_path / "contrast.pairs.jsonl")
+    assert labels == contrast_labels(contrast)
+    assert all(split_of(item, split) in ("train", "test") for item in contrast)
+    stats = json.loads((tmp_path / "contrast.stats.json").read_text())
+    assert stats["labels"] == len(labels) and stats["contrast_pairs"] == len(contrast)
+    assert stats["unreached"] == {"harmlessness": ["tone"]}
+    table = (tmp_path / "contrast.stats.md").read_text()
+    assert "| code | flip_operator | 4 | 2 | 50.0 | 2 |" in table  # 4 responses, 2 with code
+    assert table in capsys.readouterr().out
+
+    assert main([*args, "--out", str(out), "--judge", "contrast", "--families", "truncate,typos"]) == 0
+    assert {item.family for item in read_contrast_pairs(tmp_path / "contrast.pairs.jsonl")} == {"truncate"}
+    assert main([*args, "--out", str(out), "--judge", "contrast", "--families", "nope"]) == 2
+    assert "no edit family 'nope'" in capsys.readouterr().err
