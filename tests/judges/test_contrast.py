@@ -7,6 +7,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+from pathlib import Path
 
 import pytest
 
@@ -28,7 +29,7 @@ from moerm.judges.contrast import (
     unreached,
     write_contrast_pairs,
 )
-from moerm.judges.contrast.families import human_preference
+from moerm.judges.contrast.families import families_markdown, human_preference
 from moerm.judges.contrast.pool import ResponsePool, Source, other_prompt, swap_fact
 from moerm.judges.io import capabilities_to_json, write_pairs
 from moerm.text import Turn
@@ -64,6 +65,11 @@ def test_every_family_declares_what_it_degrades():
     assert family("truncate").name == "truncate"
     with pytest.raises(ValueError, match="no edit family 'nope'"):
         family("nope")
+
+
+def test_docs_list_the_families_as_the_code_declares_them():
+    docs = Path(__file__).resolve().parents[2] / "docs" / "judges.md"
+    assert families_markdown() in docs.read_text()
 
 
 def test_capability_map_matches_names_and_leaves_the_rest_to_judges():

@@ -1,11 +1,13 @@
 """The contrast source on the shared data (skipped without it): held-out
 contrast pairs come from test responses only, every edit keeps real
-responses well formed, and the recipe keeps test contrast pairs out of phase 2."""
+responses well formed, the recipe keeps test contrast pairs out of phase 2,
+and docs/judges.md shows the mapping the code uses."""
 
 from __future__ import annotations
 
 import ast
 import re
+from pathlib import Path
 
 import pytest
 
@@ -19,7 +21,10 @@ from moerm.judges.contrast import (
     split_contrast_pairs,
     write_contrast_pairs,
 )
+from moerm.judges.contrast.families import mapping_markdown
 from moerm.judges.contrast.text import blocks, fences_balanced, parses_as_python, sentence_ends
+
+DOCS = Path(__file__).resolve().parents[2] / "docs" / "judges.md"
 
 
 @pytest.fixture(scope="module")
@@ -106,3 +111,8 @@ def test_the_recipe_puts_contrast_pairs_in_their_split_and_leaves_test_out(share
     assert prepared.inputs.validation_label_pairs == expected["validation"] and expected["validation"]
     left_out = len(contrast) - len(expected["train"]) - len(expected["validation"])
     assert left_out > 0 and f"({left_out} from other splits left out)" in prepared.inputs.description
+
+
+def test_docs_show_the_mapping_of_the_shared_tasks(shared):
+    data, _ = shared
+    assert mapping_markdown(data.capabilities) in DOCS.read_text()

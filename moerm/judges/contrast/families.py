@@ -138,7 +138,7 @@ FAMILIES: tuple[EditFamily, ...] = (
     _family(
         "collapse_format",
         "readability / format",
-        "headings, lists, paragraphs and code fences collapsed into one block",
+        "heading and list markers and paragraph breaks dropped: one block of prose; code loses its fences, keeps its lines",
         "layout formatting formatting_and_layout paragraphing readability format",
         _on_text(prose_edits.collapse_format),
     ),
