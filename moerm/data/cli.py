@@ -8,6 +8,7 @@ of :mod:`moerm.cli`.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,6 +136,34 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_pairs(args: argparse.Namespace) -> int:
+    from moerm.data.splits import SPLITS, SplitManifest
+    from moerm.judges.io import capabilities_to_json, write_pairs
+
+    splits = [name for name in args.splits.split(",") if name]
+    unknown = [name for name in splits if name not in SPLITS]
+    if unknown or not splits:
+        print(f"error: --splits takes names among {', '.join(SPLITS)}, got {args.splits!r}", file=sys.stderr)
+        return 2
+    shared = _load(args)
+    if shared is None:
+        return 2
+    try:
+        manifest = SplitManifest.load(args.split_file) if args.split_file else shared.split(args.seed)
+        pairs = [p for name in splits for p in manifest.select(shared.pairs, name)]
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    write_pairs(pairs, args.out)
+    print(f"wrote {args.out}: {len(pairs)} pairs of {', '.join(splits)}")
+    if args.capabilities_out:
+        args.capabilities_out.write_text(
+            json.dumps(capabilities_to_json(shared.capabilities), indent=1) + "\n"
+        )
+        print(f"wrote {args.capabilities_out}: capabilities of {len(shared.capabilities)} tasks")
+    return 0
+
+
 def add_data_commands(sub) -> None:
     """Add ``data split`` and ``data stats`` to ``sub`` (the ``moerm``
     parser's ``add_subparsers()``)."""
@@ -156,6 +185,17 @@ def add_data_commands(sub) -> None:
     split.add_argument("--validation-fraction", type=float, default=0.1, help="of the classifier train pool")
     split.add_argument("--data-dir", type=Path, help=data_dir_help)
     split.set_defaults(run=cmd_data_split)
+
+    pairs = data_sub.add_parser(
+        "pairs", help="write the pairs of some splits as JSONL (the input of `moerm label`)"
+    )
+    pairs.add_argument("--out", required=True, type=Path, help="pairs JSONL to write")
+    pairs.add_argument("--splits", default="train", help="comma-separated: train, validation, test")
+    pairs.add_argument("--split-file", type=Path, help="split manifest (default: the split of --seed)")
+    pairs.add_argument("--seed", type=int, default=0)
+    pairs.add_argument("--capabilities-out", type=Path, help="also write the tasks' capabilities (JSON)")
+    pairs.add_argument("--data-dir", type=Path, help=data_dir_help)
+    pairs.set_defaults(run=cmd_data_pairs)
 
     stats = data_sub.add_parser("stats", help="pairs per source, task and tie; classifier examples per task")
     stats.add_argument("--data-dir", type=Path, help=data_dir_help)

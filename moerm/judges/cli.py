@@ -26,13 +26,15 @@ def add_label_commands(subparsers: argparse._SubParsersAction) -> None:
         description=(
             "Ask a judge, for every non-tie pair and every capability of its task, which response is "
             "better in terms of that capability, twice with the responses swapped; keep the consistent "
-            "answers. Writes the labels (JSONL) and their statistics (.stats.json, .stats.md)."
+            "answers. Writes the labels (JSONL) and their statistics (.stats.json, .stats.md). "
+            "--judge contrast asks no judge: it makes capability-contrast pairs (each response against "
+            "itself after one controlled edit) and writes them next to their labels (.pairs.jsonl)."
         ),
     )
     label.add_argument("--pairs", required=True, help="JSONL of preference pairs (moerm.judges.io)")
     label.add_argument("--capabilities", required=True, help="JSON: task -> [{name, description}, ...]")
     label.add_argument("--out", required=True, help="labels JSONL to write")
-    label.add_argument("--judge", choices=("openai", "local", "rules"), default="openai")
+    label.add_argument("--judge", choices=("openai", "local", "rules", "contrast"), default="openai")
     label.add_argument(
         "--url",
         default=os.environ.get("MOERM_JUDGE_URL", "https://api.openai.com/v1"),
@@ -68,6 +70,18 @@ def add_label_commands(subparsers: argparse._SubParsersAction) -> None:
     label.add_argument("--no-cache", action="store_true", help="do not cache responses")
     label.add_argument("--limit", type=int, default=None, help="label the first N non-tie pairs only")
     label.add_argument("--quiet", action="store_true", help="no progress line")
+    contrast = label.add_argument_group("--judge contrast")
+    contrast.add_argument("--seed", type=int, default=0, help="seed of the edits")
+    contrast.add_argument(
+        "--split-file",
+        help="split manifest (moerm data split): edits borrow text only from pairs of the same split",
+    )
+    contrast.add_argument(
+        "--families", default="", help="comma-separated edit families (default: all; see docs/judges.md)"
+    )
+    contrast.add_argument(
+        "--max-per-family", type=int, default=0, help="at most N contrast pairs per task and family (0: all)"
+    )
     label.set_defaults(run=cmd_label)
 
     serve = subparsers.add_parser(
@@ -106,6 +120,8 @@ def cmd_label(args: argparse.Namespace) -> int:
         print(f"error: {error}", file=sys.stderr)
         return 2
     out = Path(args.out)
+    if args.judge == "contrast":
+        return _label_contrast(args, pairs, capabilities, out)
     if args.judge == "local":
         from moerm.judges.local_server import LocalJudgeServer
 
@@ -142,6 +158,45 @@ def _label(args, pairs, capabilities, out: Path, url: str, model: str | None) ->
     if counters:
         print("judge: " + ", ".join(f"{k}={v}" for k, v in sorted(counters.items())), file=sys.stderr)
     print(f"{len(labels)} labels -> {out}", file=sys.stderr)
+    return 0
+
+
+def _label_contrast(args, pairs, capabilities, out: Path) -> int:
+    from moerm.data.splits import SplitManifest
+    from moerm.judges.base import save_labels
+    from moerm.judges.contrast import (
+        FAMILIES,
+        build_contrast_pairs,
+        contrast_labels,
+        family,
+        pairs_path,
+        write_contrast_pairs,
+    )
+
+    try:
+        names = [name for name in args.families.split(",") if name]
+        families = tuple(family(name) for name in names) if names else FAMILIES
+        groups = SplitManifest.load(args.split_file).assignment if args.split_file else None
+    except (OSError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    contrast, stats = build_contrast_pairs(
+        pairs,
+        capabilities,
+        seed=args.seed,
+        families=families,
+        groups=groups,
+        max_per_family=args.max_per_family,
+    )
+    labels = contrast_labels(contrast)
+    save_labels(labels, out)
+    write_contrast_pairs(contrast, pairs_path(out))
+    side_path(out, ".stats.json").write_text(stats.to_json() + "\n")
+    side_path(out, ".stats.md").write_text(stats.to_markdown())
+    print(stats.to_markdown())
+    print(
+        f"{len(contrast)} contrast pairs -> {pairs_path(out)}; {len(labels)} labels -> {out}", file=sys.stderr
+    )
     return 0
 
 

@@ -22,7 +22,13 @@ def _common(parser: argparse.ArgumentParser) -> None:
         help="the shared preference data (../shared/data) or the project's synthetic data",
     )
     parser.add_argument("--data-dir", help="shared data folder (default: $MOERM_DATA_DIR or ../shared/data)")
-    parser.add_argument("--labels", help="capability labels (JSONL from `moerm label`); none: experts = base")
+    parser.add_argument(
+        "--labels",
+        nargs="+",
+        action="extend",
+        help="capability labels (JSONL from `moerm label`; several files are merged, and contrast pairs "
+        "beside a file, <labels>.pairs.jsonl, are read with it); none: experts = base",
+    )
     parser.add_argument("--tasks", default="", help="comma-separated subset of tasks (default: all)")
     parser.add_argument(
         "--max-pairs-per-task", type=int, default=0, help="cap on train pairs per task (0: all)"

@@ -4,12 +4,17 @@ synthetic data, with the splits fixed in manifests inside the work directory
 
 from __future__ import annotations
 
+import logging
 import random
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from moerm.data.records import ClassifierExample, PreferencePair
+from moerm.data.records import CapabilityLabel, ClassifierExample, PreferencePair
 from moerm.train.recipe import RecipeInputs
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -45,18 +50,70 @@ def cap_per_task_examples(
     return out
 
 
+@dataclass
+class LabelFiles:
+    """Capability labels from one or more files, and the pairs next to them
+    that no split holds (``<labels>.pairs.jsonl``: contrast pairs), put in the
+    split of the pairs they were made from."""
+
+    labels: list[CapabilityLabel] = field(default_factory=list)
+    train_pairs: list[PreferencePair] = field(default_factory=list)
+    validation_pairs: list[PreferencePair] = field(default_factory=list)
+    counts: Counter[str] = field(default_factory=Counter)  # split -> contrast pairs ("mixed", "unknown")
+
+    def describe(self) -> str:
+        if not self.counts:
+            return ""
+        left_out = sum(n for split, n in self.counts.items() if split not in ("train", "validation"))
+        return (
+            f"; {self.counts['train']} train and {self.counts['validation']} validation contrast pairs "
+            f"for phase 2" + (f" ({left_out} from other splits left out)" if left_out else "")
+        )
+
+
+def load_label_files(
+    paths: Sequence[str | Path], assignment: dict[str, str], tasks: Collection[str]
+) -> LabelFiles:
+    """Read every labels file and the contrast pairs beside it (of ``tasks``
+    only). A contrast pair goes to the split all its origin pairs are in
+    (``assignment``: the split manifest's); made from test pairs, or from
+    pairs of several splits or unknown ones, it is left out (and counted):
+    phase 2 never trains on a test response."""
+    from moerm.judges.base import load_labels
+    from moerm.judges.contrast import pairs_path, read_contrast_pairs, split_of
+
+    result = LabelFiles()
+    for path in paths:
+        result.labels += load_labels(path)
+        beside = pairs_path(path)
+        if not beside.is_file():
+            continue
+        for item in read_contrast_pairs(beside):
+            if item.pair.task not in tasks:
+                continue
+            split = split_of(item, assignment)
+            result.counts[split] += 1
+            if split == "train":
+                result.train_pairs.append(item.pair)
+            elif split == "validation":
+                result.validation_pairs.append(item.pair)
+    left_out = {split: n for split, n in result.counts.items() if split not in ("train", "validation")}
+    if left_out:
+        log.warning("contrast pairs left out of phase 2 (made from these splits' pairs): %s", left_out)
+    return result
+
+
 def shared(
     work: Path,
     *,
     data_dir: str | None = None,
-    labels: str | None = None,
+    labels: str | Path | Sequence[str | Path] | None = None,
     seed: int = 0,
     max_pairs_per_task: int = 0,
     max_test_per_task: int = 0,
     tasks: tuple[str, ...] = (),
 ) -> Prepared:
     from moerm.data.splits import SplitManifest, load_shared
-    from moerm.judges.base import load_labels
 
     data = load_shared(data_dir)
     split_file, classifier_file = work / "split.json", work / "classifier_split.json"
@@ -82,10 +139,13 @@ def shared(
     validation = cap_per_task(split.select(with_task, "validation"), max_pairs_per_task // 4, seed)
     test = cap_per_task(split.select(with_task, "test"), max_test_per_task, seed)
     test += cap_per_task(split.select(no_task, "test"), max_test_per_task, seed)
+    paths = [labels] if isinstance(labels, str | Path) else list(labels or ())
+    label_files = load_label_files(paths, split.assignment, keep)
     description = (
         f"the shared preference data (hh-rlhf harmless, Auto-J pairwise, PandaLM for testing only); "
         f"split seed {seed}"
         + (f", at most {max_pairs_per_task} train pairs per task" if max_pairs_per_task else "")
+        + label_files.describe()
     )
     return Prepared(
         inputs=RecipeInputs(
@@ -98,8 +158,10 @@ def shared(
                 e for e in classifier_split.select(data.classifier_train, "validation") if e.task in keep
             ],
             capabilities=capabilities,
-            labels=load_labels(labels) if labels else [],
+            labels=label_files.labels,
             description=description,
+            label_pairs=label_files.train_pairs,
+            validation_label_pairs=label_files.validation_pairs,
         ),
         test=test,
         classifier_test=[e for e in data.classifier_test if e.task in keep],

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -57,6 +57,11 @@ class RecipeInputs:
     capabilities: dict[str, tuple[Capability, ...]]
     labels: list[CapabilityLabel]
     description: str = ""  # where the data came from, for the report
+    # Pairs that only capability labels reference (the contrast pairs of
+    # moerm.judges.contrast), each already in the split of the pairs it was made
+    # from: phase 2 trains and validates on them with the labels; no other step sees them.
+    label_pairs: list[PreferencePair] = field(default_factory=list)
+    validation_label_pairs: list[PreferencePair] = field(default_factory=list)
 
     @property
     def tasks(self) -> tuple[str, ...]:
@@ -314,6 +319,14 @@ class Recipe:
             started = time.perf_counter()
             backbone, tokenizer, base_head = self._task_backbone(task)
             caps = tuple(c.name for c in self.inputs.capabilities[task])
+            train = capability_comparisons(
+                self.inputs.train + self.inputs.label_pairs, self.inputs.labels, task
+            )
+            val = capability_comparisons(
+                self.inputs.validation + self.inputs.validation_label_pairs, self.inputs.labels, task
+            )
+            # Texts only phase 2 reads (edited responses) stay in the trunk cache for this task only.
+            extra = self._fill_trunk(trunk, [c for cs in (*train.values(), *val.values()) for c in cs])
             result = train_experts(
                 task,
                 backbone,
@@ -321,8 +334,8 @@ class Recipe:
                 base_head,
                 caps,
                 self.expert_spec(backbone),
-                capability_comparisons(self.inputs.train, self.inputs.labels, task),
-                capability_comparisons(self.inputs.validation, self.inputs.labels, task),
+                train,
+                val,
                 self.settings.phase2,
                 pooling=self.info["pooling"],
                 backbone_ref=self.settings.backbone,
@@ -332,6 +345,8 @@ class Recipe:
                 checkpoint_dir=self.checkpoints,
                 progress=self.progress,
             )
+            if trunk is not None:
+                trunk.discard(extra)
             self.state["labels"][task] = {"used": result.labels, "trained": result.trained}
             self.state.setdefault("expert_lora", {})[task] = asdict(result.spec)
             self._record(
@@ -339,6 +354,18 @@ class Recipe:
                 time.perf_counter() - started,
                 {cap: curve.to_json() for cap, curve in result.curves.items()},
             )
+
+    @staticmethod
+    def _fill_trunk(trunk, items: list[Comparison]) -> list[str]:
+        """Cache the trunk states of the texts of ``items`` not cached yet (one
+        length-sorted pass) and return those texts."""
+        if trunk is None:
+            return []
+        render = trunk.encoder.texts
+        texts = [render(c.turns, r) for c in items for r in (c.better, c.worse)]
+        new = [t for t in dict.fromkeys(texts) if t not in trunk]
+        trunk.fill(new)
+        return new
 
     def load_experts(self, task: str):
         """(CapabilityExperts, tokenizer) of a task from the work directory's files."""

@@ -14,7 +14,7 @@ Memory: ``4 * d`` bytes per token (2.3 KB for SmolLM2, 1.5 KB for MiniLM).
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 
 import torch
 
@@ -47,6 +47,14 @@ class TrunkCache:
 
     def __len__(self) -> int:
         return len(self._states)
+
+    def __contains__(self, text: object) -> bool:
+        return text in self._states
+
+    def discard(self, texts: Iterable[str]) -> None:
+        """Forget the states of ``texts`` (to bound memory: texts one step alone reads)."""
+        for text in texts:
+            self._states.pop(text, None)
 
     def fill(self, texts: Sequence[str]) -> None:
         """Compute the states of every text not cached yet."""

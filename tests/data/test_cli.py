@@ -1,4 +1,4 @@
-"""``moerm data split`` / ``moerm data stats`` through add_data_commands."""
+"""``moerm data split`` / ``pairs`` / ``stats`` through add_data_commands."""
 
 from __future__ import annotations
 
@@ -28,6 +28,23 @@ def test_split_writes_the_shared_manifest(shared, shared_dir, tmp_path, capsys):
     manifest = SplitManifest.load(out)
     test_harmless = manifest.counts()["test"]["harmlessness"]
     assert f"{test_harmless[0]}/0" in printed
+
+
+def test_pairs_writes_the_pairs_of_the_chosen_splits(shared, shared_dir, tmp_path, capsys):
+    from moerm.judges.io import read_capabilities, read_pairs
+
+    manifest = shared.split(seed=0)
+    manifest.save(tmp_path / "split.json")
+    out, caps = tmp_path / "pairs.jsonl", tmp_path / "caps.json"
+    argv = ["data", "pairs", "--out", str(out), "--split-file", str(tmp_path / "split.json")]
+    argv += ["--splits", "validation,test", "--capabilities-out", str(caps), "--data-dir", str(shared_dir)]
+    assert _run(argv) == 0
+    expected = manifest.select(shared.pairs, "validation") + manifest.select(shared.pairs, "test")
+    assert read_pairs(out) == expected
+    assert read_capabilities(caps) == shared.capabilities
+    assert f"{len(expected)} pairs of validation, test" in capsys.readouterr().out
+    assert _run(["data", "pairs", "--out", str(out), "--splits", "dev"]) == 2
+    assert "--splits takes names among train, validation, test" in capsys.readouterr().err
 
 
 def test_stats(shared_dir, capsys):
