@@ -7,7 +7,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev demo test test-fast lint format proto bench clean
+.PHONY: install install-dev tools demo test test-fast lint format proto bench clean deploy-base
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -56,3 +56,10 @@ bench: install-dev
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+
+# deploy/base: the manifests of a bundle with the demo tasks, written by `moerm deploy render`
+# (tests/deploy checks that it is what render writes). Run after changing moerm/deploy.
+deploy-base: install-dev
+	rm -rf build/deploy-bundle && mkdir -p build
+	$(VENV)/bin/moerm bundle create --out build/deploy-bundle
+	$(VENV)/bin/moerm deploy render --bundle build/deploy-bundle --layout kustomize --out deploy/base

@@ -1013,30 +1013,38 @@ def group_name(doc: dict[str, Any]) -> str:
     return "shared.yaml"
 
 
+HEADER = "# Written by `moerm deploy render`; render again rather than edit.\n"
+
+
 def write(documents: list[dict[str, Any]], out: Path, layout: str) -> list[Path]:
     """``single``: one multi-document file; ``kustomize``: a folder with a file per
-    component and a kustomization.yaml listing them."""
+    component and a kustomization.yaml listing them (files of an earlier render
+    there are replaced; other files are left alone)."""
     import yaml
 
     if layout == "single":
         out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(dump_yaml(documents))
+        out.write_text(HEADER + dump_yaml(documents))
         return [out]
     groups: dict[str, list[dict[str, Any]]] = {}
     for doc in documents:
         groups.setdefault(group_name(doc), []).append(doc)
     out.mkdir(parents=True, exist_ok=True)
     for stale in out.glob("*.yaml"):
-        stale.unlink()
+        if stale.read_text().startswith(HEADER):
+            stale.unlink()
     written = []
-    for file_name, docs in groups.items():
-        (out / file_name).write_text(dump_yaml(docs))
-        written.append(out / file_name)
     kustomization = {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
         "resources": list(groups),
     }
-    header = "# Written by `moerm deploy render --layout kustomize`; regenerate rather than edit.\n"
-    (out / "kustomization.yaml").write_text(header + yaml.safe_dump(kustomization, sort_keys=False))
-    return [*written, out / "kustomization.yaml"]
+    files = {name: dump_yaml(docs) for name, docs in groups.items()}
+    files["kustomization.yaml"] = yaml.safe_dump(kustomization, sort_keys=False)
+    for file_name, text in files.items():
+        path = out / file_name
+        if path.exists():
+            raise FileExistsError(f"{path} exists and was not written by moerm deploy render")
+        path.write_text(HEADER + text)
+        written.append(path)
+    return written

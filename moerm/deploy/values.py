@@ -197,8 +197,8 @@ class Values:
 
     def expert(self, task: str) -> ExpertValues:
         """The expert values of ``task``: defaults, then the task's own keys."""
-        raw = merge(self.experts.defaults, self.experts.tasks.get(task, {}))
-        return build(ExpertValues, raw, f"experts.tasks.{task}")
+        raw = merge(to_raw(ExpertValues()), self.experts.defaults)
+        return build(ExpertValues, merge(raw, self.experts.tasks.get(task, {})), f"experts.tasks.{task}")
 
     def validate(self, tasks: tuple[str, ...]) -> None:
         problems = []
@@ -229,6 +229,13 @@ class Values:
             problems.append(
                 "probes.kind grpc cannot work with tls.enabled: kubelet's gRPC probe has no client certificate"
             )
+        for part, resources in (
+            ("router", self.router.resources),
+            ("aggregator", self.aggregator.resources),
+            ("redis", self.redis.resources),
+        ):
+            if not all({"cpu", "memory"} <= set(r) for r in (resources.requests, resources.limits)):
+                problems.append(f"{part}.resources need cpu and memory requests and limits")
         if self.router.service_type not in ("ClusterIP", "LoadBalancer", "NodePort"):
             problems.append(f"router.serviceType {self.router.service_type!r} is not a Service type")
         for task in tasks:
@@ -307,6 +314,17 @@ def _check(kind: Any, value: Any, where: str) -> Any:
     return value
 
 
+def to_raw(obj: Any) -> Any:
+    """A values dataclass as its camelCase mapping (the inverse of :func:`build`)."""
+    if dataclasses.is_dataclass(obj):
+        return {camel(f.name): to_raw(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, dict):
+        return {k: to_raw(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [to_raw(v) for v in obj]
+    return obj
+
+
 def build(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
     """``cls`` from camelCase ``raw``; missing keys take the field defaults."""
     hints = get_type_hints(cls)
@@ -346,7 +364,7 @@ def load_values(
     overrides: Mapping[str, Any] | None = None,
 ) -> Values:
     """Profile ``overlay``, then each file, then ``overrides`` (camelCase, nested)."""
-    raw = read_yaml(profile_path(overlay))
+    raw = merge(to_raw(Values()), read_yaml(profile_path(overlay)))
     for path in files:
         raw = merge(raw, read_yaml(path))
     raw = merge(raw, overrides or {})
