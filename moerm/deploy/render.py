@@ -42,6 +42,7 @@ TASK_LABEL = "moerm/task"
 VERSION_ANNOTATION = "moerm/bundle-version"
 QUEUE_METRIC = "moerm_expert_queue_items"
 MANAGER = "moerm-deploy"
+METRICS_LABEL = {"moerm/metrics": "true"}  # Services with the metrics port (ServiceMonitors select them)
 
 
 @dataclass(frozen=True)
@@ -88,6 +89,12 @@ def meta(name: str, values: Values, component: str, task: str | None = None, **e
     return k.V1ObjectMeta(
         name=name, namespace=values.namespace, labels=object_labels(component, task), **extra
     )
+
+
+def metrics_meta(name: str, values: Values, component: str, task: str | None = None) -> k.V1ObjectMeta:
+    metadata = meta(name, values, component, task)
+    metadata.labels.update(METRICS_LABEL)
+    return metadata
 
 
 def service_host(name: str, values: Values) -> str:
@@ -404,7 +411,7 @@ def headless_service(name: str, values: Values, component: str, task: str | None
     return k.V1Service(
         api_version="v1",
         kind="Service",
-        metadata=meta(name, values, component, task),
+        metadata=metrics_meta(name, values, component, task),
         spec=k.V1ServiceSpec(
             cluster_ip="None",
             selector=selector_labels(component, task),
@@ -656,7 +663,7 @@ def router_objects(info: BundleInfo, values: Values) -> list[Any]:
     metrics_service = k.V1Service(
         api_version="v1",
         kind="Service",
-        metadata=meta("moerm-router-metrics", values, "router"),
+        metadata=metrics_meta("moerm-router-metrics", values, "router"),
         spec=k.V1ServiceSpec(
             cluster_ip="None",
             selector=selector_labels("router"),
@@ -905,7 +912,7 @@ def service_monitors(values: Values) -> list[dict[str, Any]]:
                 "kind": "ServiceMonitor",
                 "metadata": metadata,
                 "spec": {
-                    "selector": {"matchLabels": selector_labels(component)},
+                    "selector": {"matchLabels": {**selector_labels(component), **METRICS_LABEL}},
                     "namespaceSelector": {"matchNames": [values.namespace]},
                     "endpoints": [
                         {"port": "metrics", "path": "/metrics", "interval": values.monitoring.interval}

@@ -343,7 +343,7 @@ def test_service_monitors(demo_docs, demo_bundle: Path) -> None:
                 for k, v in monitor["spec"]["selector"]["matchLabels"].items()
             )
         ]
-        assert selected and all("metrics" in [p["name"] for p in s["spec"]["ports"]] for s in selected[-1:])
+        assert selected and all("metrics" in [p["name"] for p in s["spec"]["ports"]] for s in selected)
     assert not by_kind(render_docs(demo_bundle, monitoring={"serviceMonitors": False}), "ServiceMonitor")
 
 
