@@ -206,11 +206,13 @@ def grpc_probes(values: Values, startup_seconds: int, grace_seconds: int, exec_a
     period = 10
     if exec_args is None:
         handler: dict[str, Any] = {"grpc": k.V1GRPCAction(port=GRPC_PORT)}
-        timeout = 3
+        timeout, ready_period, ready_failures = 3, 5, 2
     else:
+        # A Python process per probe: slower to start in a CPU-throttled pod, so
+        # more time and one more try before a busy pod leaves the endpoints.
         command = ["python", "-m", "moerm.deploy.probe", "--address", f"127.0.0.1:{GRPC_PORT}", *exec_args]
         handler = {"_exec": k.V1ExecAction(command=command)}
-        timeout = 5
+        timeout, ready_period, ready_failures = 8, 10, 3
     drain = values.probes.pre_stop_seconds + grace_seconds
     startup = k.V1Probe(
         **handler,
@@ -218,7 +220,9 @@ def grpc_probes(values: Values, startup_seconds: int, grace_seconds: int, exec_a
         timeout_seconds=timeout,
         failure_threshold=max(3, math.ceil(startup_seconds / period)),
     )
-    readiness = k.V1Probe(**handler, period_seconds=5, timeout_seconds=timeout, failure_threshold=2)
+    readiness = k.V1Probe(
+        **handler, period_seconds=ready_period, timeout_seconds=timeout, failure_threshold=ready_failures
+    )
     liveness = k.V1Probe(
         **handler,
         period_seconds=period,
