@@ -2,12 +2,13 @@
 # machine with nothing but Python >= 3.11: they create .venv and install.
 PYTHON ?= python3
 VENV ?= .venv
+TOOLS ?= .venv-tools
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip --disable-pip-version-check
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install install-dev demo test test-fast lint format proto bench clean
+.PHONY: install install-dev tools demo test test-fast lint format proto bench clean deploy-base
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,11 +29,21 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# checkov (static policy checks of the Kubernetes manifests and the Dockerfile, tests/deploy)
+# pins dozens of packages of its own: it lives in a venv of its own, not in the project's.
+$(TOOLS)/.installed:
+	$(PYTHON) -m venv $(TOOLS)
+	$(TOOLS)/bin/python -m pip --disable-pip-version-check install -q checkov==3.3.30
+	touch $@
+
+tools: $(TOOLS)/.installed
+
 demo: install
 	$(VENV)/bin/moerm demo
 
 # Lint, then the whole suite (what CI runs). `make test-fast` skips the slow tier.
-test: install-dev
+# The deployment tests also need kustomize (or kubectl, which embeds it) on PATH.
+test: install-dev tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(PY) -m pytest
@@ -55,4 +66,11 @@ bench: install-dev
 	$(PY) bench/bench_experts.py --backbone smollm2
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache *.egg-info
+
+# deploy/base: the manifests of a bundle with the demo tasks, written by `moerm deploy render`
+# (tests/deploy checks that it is what render writes). Run after changing moerm/deploy.
+deploy-base: install-dev
+	rm -rf build/deploy-bundle && mkdir -p build
+	$(VENV)/bin/moerm bundle create --out build/deploy-bundle
+	$(VENV)/bin/moerm deploy render --bundle build/deploy-bundle --layout kustomize --out deploy/base

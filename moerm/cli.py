@@ -1,4 +1,4 @@
-"""The ``moerm`` command line: up, score, demo, bundle, data, label, train, evaluate."""
+"""The ``moerm`` command line: up, score, demo, bundle, data, label, train, evaluate, deploy."""
 
 from __future__ import annotations
 
@@ -362,6 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     show.set_defaults(run=cmd_bundle_show)
 
     from moerm.data.cli import add_data_commands
+    from moerm.deploy.cli import add_deploy_commands
     from moerm.judges.cli import add_label_commands
     from moerm.routing.cli import add_routing_commands
     from moerm.train.cli import add_train_commands
@@ -370,6 +371,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_label_commands(sub)
     add_train_commands(sub)
     add_routing_commands(sub)
+    add_deploy_commands(sub)
     return parser
 
 
