@@ -42,7 +42,6 @@ demo: install
 	$(VENV)/bin/moerm demo
 
 # Lint, then the whole suite (what CI runs). `make test-fast` skips the slow tier.
-# The deployment tests also need kustomize (or kubectl, which embeds it) on PATH.
 test: install-dev tools
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .

@@ -29,17 +29,41 @@ log = logging.getLogger(__name__)
 KEY_PREFIX = "moerm:v1:score:"
 
 
+def _field(digest, text: str) -> None:
+    data = text.encode("utf-8", "surrogatepass")
+    digest.update(len(data).to_bytes(8, "little"))
+    digest.update(data)
+
+
+class KeyHasher:
+    """Cache keys of many (reward model, response) pairs of one conversation, hashing
+    the conversation once (a GRPO group's prompt is hashed once, not per response and
+    per reward model).
+
+    Each field is length-prefixed before it goes into sha256, so no two different
+    inputs share a key."""
+
+    def __init__(self, bundle_version: str, entry: str, turns: Sequence[Turn]):
+        self._digest = hashlib.sha256()
+        for text in (bundle_version, entry, str(len(turns))):
+            _field(self._digest, text)
+        for turn in turns:
+            _field(self._digest, turn.role)
+            _field(self._digest, turn.content)
+
+    def key(self, reward_model: str, response: str) -> str:
+        digest = self._digest.copy()
+        _field(digest, response)
+        _field(digest, reward_model)
+        return KEY_PREFIX + digest.hexdigest()
+
+
 def cache_key(
     bundle_version: str, policy: str, reward_model: str, turns: Sequence[Turn], response: str
 ) -> str:
-    """Key of one scored item. Inputs must already be normalized
-    (:func:`moerm.text.normalize`)."""
-    body = json.dumps(
-        [bundle_version, policy, reward_model, [[t.role, t.content] for t in turns], response],
-        ensure_ascii=False,
-        separators=(",", ":"),
-    )
-    return KEY_PREFIX + hashlib.sha256(body.encode()).hexdigest()
+    """Key of one scored item (``policy``: the kind of entry). Inputs must already be
+    normalized (:func:`moerm.text.normalize`)."""
+    return KeyHasher(bundle_version, policy, turns).key(reward_model, response)
 
 
 @dataclass

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from moerm.prefix import DecoderStack, LayerCache, PrefixPlan, last_states, pad, pass_inputs
+from moerm.prefix import DecoderStack, LayerCache, PrefixPlan, pad, pass_inputs
 
 
 class _TrunkDone(Exception):
@@ -245,15 +245,18 @@ class CapabilityExperts(nn.Module):
         Shape: B planned items -> scores (B, K), hidden (B, K, d), base (B,); None for
         what was not asked. float32 whatever the backbone's dtype.
         """
-        stack = self.decoder_stack
-        first, last = self.first_lora_layer, stack.num_layers
-        device = self.device
         heads: list[str | None] = list(self.capabilities) if experts else []
         if base_head is not None:
             heads.append(None)
         if not heads:
             raise ValueError("nothing to compute: no experts and no base head")
+        with self.decoder_stack.attention():
+            return self._forward_shared(plan, pad_id, base_head, heads)
 
+    def _forward_shared(self, plan: PrefixPlan, pad_id: int, base_head, heads: list[str | None]):
+        stack = self.decoder_stack
+        first = self.first_lora_layer
+        device = self.device
         prefix_trunk, prefix_heads, prefix_lengths = None, [None] * len(heads), None
         if plan.prefixes:
             ids, prefix_lengths = pad(plan.prefixes, pad_id)
@@ -265,7 +268,7 @@ class CapabilityExperts(nn.Module):
             for h, cap in enumerate(heads):
                 prefix_heads[h] = LayerCache()
                 with self._active(cap):
-                    stack.run(hidden, first, last, inputs, rotary, prefix_heads[h])
+                    stack.record(hidden, first, inputs, rotary, prefix_heads[h])
 
         ids, lengths = pad(plan.suffixes, pad_id)
         own_prefix = None
@@ -285,10 +288,9 @@ class CapabilityExperts(nn.Module):
         pooled = []
         for h, cap in enumerate(heads):
             with self._active(cap):
-                top = stack.run(trunk, first, last, inputs, rotary, cache(prefix_heads[h]))
-            pooled.append(last_states(top, lengths))
+                pooled.append(stack.run_to_last(trunk, first, inputs, rotary, cache(prefix_heads[h])))
         base = base_head(pooled.pop()).squeeze(-1) if base_head is not None else None
-        scores, hidden = self._score(pooled) if experts else (None, None)
+        scores, hidden = self._score(pooled) if pooled else (None, None)
         return scores, hidden, base
 
     @contextmanager

@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -75,6 +76,8 @@ class ProcessCluster:
         torch_threads: int = 0,
         log_dir: str | Path | None = None,
         log_level: str = "INFO",
+        expert_args: Sequence[str] = (),
+        router_args: Sequence[str] = (),
     ):
         self.bundle = Bundle.load(bundle_dir)
         self.bundle_dir = str(Path(bundle_dir).resolve())
@@ -83,7 +86,11 @@ class ProcessCluster:
         self.redis_url = redis_url
         self.log_level = log_level
         tasks = len(self.bundle.manifest.tasks)
+        # The cores go to the experts; the router's prompt embedder runs one torch thread
+        # (router_svc --torch-threads 1), so it never oversubscribes them.
         self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // max(1, tasks))
+        self.expert_args = tuple(expert_args)
+        self.router_args = tuple(router_args)
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="moerm-up-"))
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: list[Child] = []
@@ -152,7 +159,13 @@ class ProcessCluster:
         aggregator = self._spawn("aggregator", "aggregator_svc")
         experts = {
             task: self._spawn(
-                f"expert-{task}", "expert_svc", "--task", task, "--torch-threads", str(self.torch_threads)
+                f"expert-{task}",
+                "expert_svc",
+                "--task",
+                task,
+                "--torch-threads",
+                str(self.torch_threads),
+                *self.expert_args,
             )
             for task in self.bundle.manifest.tasks
         }
@@ -169,6 +182,7 @@ class ProcessCluster:
             f"{self.host}:{aggregator.port}",
             "--redis-url",
             redis_url,
+            *self.router_args,
             port=self.port,
         )
         self._wait_port(self.router, timeout_s)

@@ -27,11 +27,52 @@ follows it: they keep whole sequences.
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Sequence
+import sys
+from collections.abc import Hashable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from transformers import AttentionInterface
+
+ATTENTION = "moerm_sdpa"
+
+
+def grouped_attention(
+    module: nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Scaled dot-product attention as transformers' ``sdpa``, but over grouped key /
+    value heads without copying them (``enable_gqa``, also with a mask: on the CPU the
+    copy of a long prefix's keys three times over cost more than the attention), in
+    the values' dtype (under autocast the rotary positions leave queries and keys
+    float32; the stock path casts them too). Causal when there is no mask.
+
+    Shape: query (B, H, S, D), key/value (B, H_kv, T, D) -> (B, S, H, D).
+    """
+    dtype = value.dtype
+    groups = query.shape[1] // key.shape[1]
+    out = F.scaled_dot_product_attention(
+        query.to(dtype),
+        key.to(dtype),
+        value,
+        attn_mask=attention_mask,
+        scale=scaling,
+        is_causal=attention_mask is None and query.shape[2] > 1,
+        enable_gqa=groups > 1,
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+AttentionInterface.register(ATTENTION, grouped_attention)
 
 
 @dataclass(frozen=True)
@@ -176,26 +217,49 @@ class LayerCache:
         self.layers: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
 
     def update(self, key: torch.Tensor, value: torch.Tensor, layer_idx: int, *args, **kwargs):
+        key = key.to(value.dtype)  # what the attention reads anyway; half the bytes to gather
         if self.prefix is None:
             self.layers[layer_idx] = (key, value)
             return key, value
-        past_key, past_value = self.prefix.layers[layer_idx]
-        past_key = past_key.index_select(0, self.rows)
-        past_value = past_value.index_select(0, self.rows)
+        past_key, past_value = self.past(layer_idx)
         return torch.cat([past_key, key], dim=2), torch.cat([past_value, value], dim=2)
+
+    def past(self, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The prefix's keys and values of a layer, one row per extended row."""
+        past_key, past_value = self.prefix.layers[layer_idx]
+        return past_key.index_select(0, self.rows), past_value.index_select(0, self.rows)
 
 
 @dataclass(frozen=True)
 class PassInputs:
-    """What every layer of one pass needs. Shape: mask (B, 1, S, P + S) bool (True:
-    attend), positions (B, S) long; ``lengths`` (B,) real tokens per row."""
+    """What every layer of one pass needs. Shape: positions (B, S) long; ``lengths``
+    (B,) real tokens per row; ``mask`` (B, 1, S, P + S) bool (True: attend) when rows
+    follow prefixes, None otherwise (plain causal attention: with right padding a real
+    token never sees a padding one); ``prefix_lengths`` (B,) or None."""
 
-    mask: torch.Tensor
+    mask: torch.Tensor | None
     positions: torch.Tensor
     lengths: torch.Tensor
+    prefix_lengths: torch.Tensor | None = None
 
     def to(self, device: torch.device) -> PassInputs:
-        return PassInputs(self.mask.to(device), self.positions.to(device), self.lengths.to(device))
+        def move(tensor):
+            return None if tensor is None else tensor.to(device)
+
+        return PassInputs(
+            move(self.mask), move(self.positions), move(self.lengths), move(self.prefix_lengths)
+        )
+
+    def last_token_mask(self) -> torch.Tensor:
+        """The mask of each row's last real token alone. Shape: (B, 1, 1, P + S)."""
+        width = self.positions.shape[1]
+        steps = torch.arange(width, device=self.lengths.device)
+        own = steps[None, :] < self.lengths[:, None]
+        if self.prefix_lengths is not None:
+            span = self.mask.shape[-1] - width
+            seen = torch.arange(span, device=self.lengths.device)[None, :] < self.prefix_lengths[:, None]
+            own = torch.cat([seen, own], dim=1)
+        return own[:, None, None, :]
 
 
 def pass_inputs(lengths: torch.Tensor, width: int, prefix_lengths: torch.Tensor | None) -> PassInputs:
@@ -206,20 +270,38 @@ def pass_inputs(lengths: torch.Tensor, width: int, prefix_lengths: torch.Tensor 
     Padding query rows also see real tokens only, so no row is fully masked.
     """
     steps = torch.arange(width)
-    own = (steps[None, :] <= steps[:, None])[None] & (steps[None, None, :] < lengths[:, None, None])
     if prefix_lengths is None:
-        return PassInputs(own[:, None], steps[None, :].expand(len(lengths), width), lengths)
+        return PassInputs(None, steps[None, :].expand(len(lengths), width), lengths)
+    own = (steps[None, :] <= steps[:, None])[None] & (steps[None, None, :] < lengths[:, None, None])
     span = int(prefix_lengths.max()) if len(prefix_lengths) else 0
     seen = (torch.arange(span)[None, :] < prefix_lengths[:, None])[:, None, :].expand(-1, width, -1)
     mask = torch.cat([seen, own], dim=2)[:, None]
-    return PassInputs(mask, prefix_lengths[:, None] + steps[None, :], lengths)
+    return PassInputs(mask, prefix_lengths[:, None] + steps[None, :], lengths, prefix_lengths)
+
+
+class _Given:
+    """A cache that hands a layer the keys and values to attend to, computed outside it."""
+
+    def __init__(self, key: torch.Tensor, value: torch.Tensor):
+        self.key, self.value = key, value
+
+    def update(self, key, value, layer_idx, *args, **kwargs):
+        return self.key, self.value
 
 
 class DecoderStack:
     """Runs a transformers decoder model (Llama, Mistral, Qwen2 families: a list of
     decoder layers taking ``position_embeddings`` and a cache) layer by layer.
 
-    Shape: ``embed`` (B, S) -> (B, S, d); ``run`` (B, S, d) -> (B, S, d), float32.
+    Only each row's last token is pooled, so in the final layer the other tokens need
+    their keys and values and nothing more: :meth:`run_to_last` computes the final
+    layer's keys and values for every token and the rest of the layer (query,
+    attention output, MLP) for the last token alone, about 1/8 of the top layers of
+    an expert pass when adapters sit on the top quarter. Families whose attention is
+    not q/k/v projections with rotary positions run the final layer whole.
+
+    Shape: ``embed`` (B, S) -> (B, S, d); ``run`` (B, S, d) -> (B, S, d);
+    ``run_to_last`` (B, S, d) -> (B, d); float32.
     """
 
     def __init__(self, model: nn.Module):
@@ -228,6 +310,16 @@ class DecoderStack:
             if not hasattr(model, part):
                 raise ValueError(f"{type(model).__name__} has no {part}: not a supported decoder")
         self.num_layers = len(model.layers)
+        final = model.layers[-1]
+        attention = getattr(final, "self_attn", None)
+        module = sys.modules.get(type(attention).__module__) if attention is not None else None
+        self._rotate_half = getattr(module, "rotate_half", None)
+        self.final_shortcut = (
+            self._rotate_half is not None
+            and hasattr(final, "input_layernorm")
+            and all(hasattr(attention, name) for name in ("k_proj", "v_proj", "head_dim"))
+            and not hasattr(attention, "k_norm")  # Qwen3-style norms on keys: not handled here
+        )
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
         """Token embeddings as float32: the residual stream stays float32 whatever the
@@ -248,7 +340,7 @@ class DecoderStack:
         stop: int,
         inputs: PassInputs,
         rotary,
-        cache: LayerCache,
+        cache: LayerCache | None,
     ) -> torch.Tensor:
         """Layers ``start`` .. ``stop - 1``, and the final norm when ``stop`` is the last."""
         for index in range(start, stop):
@@ -262,6 +354,65 @@ class DecoderStack:
         if stop == self.num_layers:
             hidden = self.model.norm(hidden)
         return hidden
+
+    def record(self, hidden: torch.Tensor, start: int, inputs: PassInputs, rotary, cache: LayerCache) -> None:
+        """Layers ``start`` .. the last for a prefix: only their keys and values are
+        kept (in ``cache``), so the final layer computes nothing else."""
+        if not self.final_shortcut:
+            self.run(hidden, start, self.num_layers, inputs, rotary, cache)
+            return
+        hidden = self.run(hidden, start, self.num_layers - 1, inputs, rotary, cache)
+        cache.layers[self.num_layers - 1] = self._final_keys(hidden, rotary)
+
+    def run_to_last(
+        self, hidden: torch.Tensor, start: int, inputs: PassInputs, rotary, cache: LayerCache | None
+    ) -> torch.Tensor:
+        """Layers ``start`` .. the last and the final norm, for each row's last real token."""
+        if not self.final_shortcut:
+            return last_states(
+                self.run(hidden, start, self.num_layers, inputs, rotary, cache), inputs.lengths
+            )
+        last_index = self.num_layers - 1
+        hidden = self.run(hidden, start, last_index, inputs, rotary, cache)
+        key, value = self._final_keys(hidden, rotary)
+        if cache is not None:
+            past_key, past_value = cache.past(last_index)
+            key, value = torch.cat([past_key, key], dim=2), torch.cat([past_value, value], dim=2)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        last = inputs.lengths - 1
+        cos, sin = rotary
+        out = self.model.layers[last_index](
+            hidden[rows, last][:, None],
+            attention_mask=inputs.last_token_mask(),
+            position_embeddings=(cos[rows, last][:, None], sin[rows, last][:, None]),
+            position_ids=inputs.positions[rows, last][:, None],
+            cache=_Given(key, value),
+        )
+        return self.model.norm(out)[:, 0].float()
+
+    def _final_keys(self, hidden: torch.Tensor, rotary) -> tuple[torch.Tensor, torch.Tensor]:
+        """The final layer's keys and values of every token, as its attention makes them.
+        Shape: (B, S, d) -> (B, H_kv, S, D) each."""
+        layer = self.model.layers[-1]
+        attention = layer.self_attn
+        normed = layer.input_layernorm(hidden)
+        shape = (*normed.shape[:-1], -1, attention.head_dim)
+        key = attention.k_proj(normed).view(shape).transpose(1, 2)
+        value = attention.v_proj(normed).view(shape).transpose(1, 2)
+        cos, sin = (part.unsqueeze(1) for part in rotary)
+        return (key * cos + self._rotate_half(key) * sin).to(value.dtype), value
+
+    @contextmanager
+    def attention(self) -> Iterator[None]:
+        """The layers use :func:`grouped_attention` inside this context (the model's own
+        attention otherwise, e.g. for training)."""
+        config = self.model.config
+        before = config._attn_implementation
+        config._attn_implementation = ATTENTION
+        try:
+            yield
+        finally:
+            config._attn_implementation = before
 
 
 def last_states(hidden: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

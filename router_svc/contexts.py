@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections import OrderedDict
 from collections.abc import Sequence
 
 import numpy as np
@@ -36,35 +37,54 @@ def _decode(value: dict | None, dim: int) -> np.ndarray | None:
 
 
 class PromptContexts:
-    def __init__(self, classifier: TaskClassifier, cache: ScoreCache, bundle_version: str):
+    """``local_entries``: embeddings kept decoded in this process (the score cache
+    holds them too, encoded, for other replicas and restarts)."""
+
+    def __init__(
+        self, classifier: TaskClassifier, cache: ScoreCache, bundle_version: str, local_entries: int = 16384
+    ):
         self.classifier = classifier
         self.cache = cache
         self.bundle_version = bundle_version
         self.dim = classifier.weight.shape[1]
         self.embedded = 0  # conversations embedded (cache misses), for stats
+        self.local_entries = local_entries
+        self._local: OrderedDict[str, np.ndarray] = OrderedDict()
 
     def _key(self, turns: Sequence[Turn]) -> str:
         return cache_key(self.bundle_version, EMBEDDING_ENTRY, self.classifier.embedding_id, turns, "")
+
+    def _remember(self, key: str, vector: np.ndarray) -> None:
+        self._local[key] = vector
+        if len(self._local) > self.local_entries:
+            self._local.popitem(last=False)
 
     async def embed(self, conversations: Sequence[Sequence[Turn]]) -> np.ndarray:
         """Embeddings of normalized conversations; each distinct uncached one is embedded once.
 
         Shape: N conversations -> (N, E) float32.
         """
-        keys = [self._key(turns) for turns in conversations]
-        distinct = list(dict.fromkeys(keys))
-        found = dict(zip(distinct, await self.cache.get_many(distinct), strict=True))
-        vectors = {key: _decode(value, self.dim) for key, value in found.items()}
-        missing = [key for key in distinct if vectors[key] is None]
-        if missing:
-            text_of = {
-                key: render_conversation(turns) for key, turns in zip(keys, conversations, strict=True)
-            }
-            fresh = await self.classifier.embed_prompts([text_of[key] for key in missing])
-            self.embedded += len(missing)
-            vectors.update(zip(missing, fresh, strict=True))
-            await self.cache.set_many({key: {"x": _encode(vectors[key])} for key in missing})
-        out = np.zeros((len(keys), self.dim), dtype=np.float32)
-        for i, key in enumerate(keys):
-            out[i] = vectors[key]
+        keys = {turns: self._key(turns) for turns in dict.fromkeys(map(tuple, conversations))}
+        vectors: dict[str, np.ndarray | None] = {}
+        for key in keys.values():
+            vector = self._local.get(key)
+            if vector is not None:
+                self._local.move_to_end(key)
+            vectors[key] = vector
+        remote = [key for key, vector in vectors.items() if vector is None]
+        if remote:
+            for key, value in zip(remote, await self.cache.get_many(remote), strict=True):
+                vectors[key] = _decode(value, self.dim)
+            missing = [key for key in remote if vectors[key] is None]
+            if missing:
+                text_of = {key: render_conversation(turns) for turns, key in keys.items()}
+                fresh = await self.classifier.embed_prompts([text_of[key] for key in missing])
+                self.embedded += len(missing)
+                vectors.update(zip(missing, fresh, strict=True))
+                await self.cache.set_many({key: {"x": _encode(vectors[key])} for key in missing})
+            for key in remote:
+                self._remember(key, vectors[key])
+        out = np.empty((len(conversations), self.dim), dtype=np.float32)
+        for i, turns in enumerate(conversations):
+            out[i] = vectors[keys[tuple(turns)]]
         return out

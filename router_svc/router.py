@@ -29,7 +29,7 @@ import grpc
 import numpy as np
 
 from moerm.bundle import Bundle
-from moerm.cache import ScoreCache, cache_key
+from moerm.cache import KeyHasher, ScoreCache
 from moerm.errors import MoermError, NotFound, Unavailable
 from moerm.routing.ensembles import combine
 from moerm.routing.pool import Normalization, RewardModelPool, dmoerm_name
@@ -220,13 +220,14 @@ class Router:
         distinct miss is computed once."""
         owner: dict[str, tuple[str, Item]] = {}  # cache key -> (reward model, item)
         per_item: list[dict[str, str]] = []  # reward model -> cache key
+        hashers: dict[tuple, KeyHasher] = {}  # one per conversation
         for item, names in zip(items, members, strict=True):
+            hasher = hashers.get(item.turns)
+            if hasher is None:
+                hasher = hashers[item.turns] = KeyHasher(self.bundle.version, SCORE_ENTRY, item.turns)
             keys = {}
             for name in names:
-                spec = self.pool[name]
-                keys[name] = cache_key(
-                    self.bundle.version, SCORE_ENTRY, spec.cache_id, item.turns, item.response
-                )
+                keys[name] = hasher.key(self.pool[name].cache_id, item.response)
                 owner.setdefault(keys[name], (name, item))
             per_item.append(keys)
         distinct = list(owner)

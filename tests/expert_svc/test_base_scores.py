@@ -14,11 +14,11 @@ from expert_svc.app import ExpertApp, build_expert
 from expert_svc.config import ExpertConfig
 from expert_svc.scorer import ExpertInput
 from moerm.bundle import Bundle
+from moerm.bundle_build import with_random_base_models
 from moerm.errors import field_violations
 from moerm.tensors import from_proto
 from moerm.text import Turn
 from moerm.v1 import expert_pb2, expert_pb2_grpc, tensor_pb2
-from tests.expert_svc.bundles import with_base_models
 
 pytestmark = pytest.mark.integration
 
@@ -31,7 +31,7 @@ CONVERSATIONS = [
 
 @pytest.fixture(scope="module")
 def based_bundle(minilm_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return with_base_models(minilm_bundle, tmp_path_factory.mktemp("based") / "b")
+    return with_random_base_models(minilm_bundle, tmp_path_factory.mktemp("based") / "b")
 
 
 def request(**flags) -> expert_pb2.ExpertRequest:

@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 
 from expert_svc.config import ExpertConfig
+from moerm.bundle_build import with_random_base_models
 from moerm.errors import field_violations
 from moerm.local import LocalCluster
 from moerm.tensors import from_proto
 from moerm.v1 import expert_pb2, expert_pb2_grpc, reward_pb2, reward_pb2_grpc, tensor_pb2
-from tests.expert_svc.bundles import with_base_models
 
 pytestmark = pytest.mark.integration
 
@@ -35,7 +35,7 @@ UWO_LAMBDA = 0.7
 
 @pytest.fixture(scope="module")
 def cluster(minilm_bundle: Path, redis_url: str, tmp_path_factory) -> Iterator[LocalCluster]:
-    based = with_base_models(minilm_bundle, tmp_path_factory.mktemp("routing-pool") / "b")
+    based = with_random_base_models(minilm_bundle, tmp_path_factory.mktemp("routing-pool") / "b")
     external = ExpertConfig(
         bundle=str(minilm_bundle), task="writing", norm_mean=EXTERNAL_NORM[0], norm_std=EXTERNAL_NORM[1]
     )

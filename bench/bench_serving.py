@@ -1,0 +1,617 @@
+"""Serving benchmark: a moerm cluster against a plain one-model reward server on RL traffic.
+
+Starts, on this machine: a moerm cluster (``moerm up``: router, one expert process,
+aggregator, embedded cache), a second cluster whose expert has prefix sharing off, and
+the plain baseline server (``bench/plain_rm_server.py``: same backbone plus one scalar
+head, bf16, one forward per request, no batching across requests, no prefix sharing).
+Then drives them, interleaved and repeated, from N concurrent grpc.aio clients with
+three workloads:
+
+- W1: one distinct ~200-token item per request, 32 clients;
+- W2: GRPO groups, one ~512-token prompt with 8 responses of ~128 tokens per request,
+  32 clients;
+- W3: one client sending 32 distinct ~200-token items per request.
+
+Each system sees the same texts in a block; every block has new texts, so nothing is a
+cache hit. moerm is measured twice: the full DMoERM (policy ``task``: K experts and the
+aggregator) and the single-model path (``fixed`` ``base:<task>``: the task base model).
+Also measured: the expert's in-process limit (the scorer called directly on batches like
+the ones the service forms, in this process), cache hits through the router (the same
+items again), and the expert process's memory in bf16 and float32.
+
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_serving.py            # SmolLM2, K = 5, r = 32, top quarter
+    HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_serving.py --quick    # a smaller run, to try it
+
+Writes ``bench/results/serving-<backbone>-cpu.{md,json}``. Run it on an idle machine
+(check ``uptime``); it takes about half an hour on 2 cores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import grpc  # noqa: E402
+
+from moerm.v1 import reward_pb2, reward_pb2_grpc, tensor_pb2  # noqa: E402
+
+CAPABILITIES = ("correctness", "efficiency", "readability", "explanation", "safety")
+
+
+# -- texts ----------------------------------------------------------------------------
+
+
+class Texts:
+    """Windows of real text of about N tokens (the backbone's tokenizer), from the shared
+    preference data when it is there, else from the project's synthetic data."""
+
+    def __init__(self, tokenizer):
+        from moerm.data.loaders import missing_shared_files, shared_data_dir
+
+        folder = shared_data_dir()
+        if folder is not None and not missing_shared_files(folder):
+            from moerm.data.splits import load_shared
+
+            pairs = load_shared(folder).pairs
+            self.source = "shared preference data (responses)"
+        else:
+            from moerm.data.synthetic import synthetic_pairs
+
+            pairs, _ = synthetic_pairs(per_task=64)
+            self.source = "synthetic preference data"
+        corpus = "\n\n".join(text for p in pairs for text in (p.chosen, p.rejected) if text)
+        self.tokenizer = tokenizer
+        self.tokens = tokenizer(corpus, add_special_tokens=False)["input_ids"]
+        self.cursor = 0
+
+    def take(self, n: int) -> str:
+        if self.cursor + n > len(self.tokens):
+            self.cursor = 0
+        window = self.tokens[self.cursor : self.cursor + n]
+        self.cursor += n
+        return self.tokenizer.decode(window).strip()
+
+
+def item(prompt: str, response: str) -> reward_pb2.ScoreItem:
+    return reward_pb2.ScoreItem(messages=[tensor_pb2.Message(role="user", content=prompt)], response=response)
+
+
+@dataclass
+class Workload:
+    name: str
+    description: str
+    clients: int
+    requests: list[list[reward_pb2.ScoreItem]]
+
+    @property
+    def items(self) -> int:
+        return sum(map(len, self.requests))
+
+
+def make_workloads(texts: Texts, block: int, sizes: dict[str, int]) -> list[Workload]:
+    tag = f"[block {block}]"
+    w1 = [[item(f"{tag} {i}: {texts.take(90)}", texts.take(100))] for i in range(sizes["W1"])]
+    w2 = []
+    for g in range(sizes["W2"]):
+        prompt = f"{tag} group {g}: {texts.take(500)}"
+        w2.append([item(prompt, texts.take(128)) for _ in range(8)])
+    w3 = [
+        [item(f"{tag} {r}.{i}: {texts.take(90)}", texts.take(100)) for i in range(32)]
+        for r in range(sizes["W3"])
+    ]
+    return [
+        Workload("W1", "1 distinct ~200-token item per request, 32 clients", 32, w1),
+        Workload("W2", "GRPO groups: 1 ~512-token prompt + 8 responses of ~128 tokens, 32 clients", 32, w2),
+        Workload("W3", "32 distinct ~200-token items per request, 1 client", 1, w3),
+    ]
+
+
+# -- systems and the driver -----------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class System:
+    name: str
+    address: str
+    policy: str = ""
+    reward_model: str = ""
+
+
+@dataclass
+class Run:
+    items_per_s: float
+    latencies: list[float]
+    wall_s: float
+    items: int
+
+    def percentile(self, q: float) -> float:
+        values = sorted(self.latencies)
+        return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
+
+
+async def drive(system: System, requests: list[list[reward_pb2.ScoreItem]], clients: int) -> Run:
+    """Send ``requests`` from ``clients`` concurrent closed-loop clients; one channel each."""
+    queue = list(reversed(requests))
+    latencies: list[float] = []
+
+    async def client() -> None:
+        async with grpc.aio.insecure_channel(
+            system.address, options=[("grpc.max_receive_message_length", 64 << 20)]
+        ) as channel:
+            stub = reward_pb2_grpc.RewardServiceStub(channel)
+            while queue:
+                items = queue.pop()
+                request = reward_pb2.ScoreRequest(
+                    items=items, policy=system.policy, reward_model=system.reward_model
+                )
+                started = time.perf_counter()
+                reply = await stub.Score(request, timeout=3600)
+                latencies.append(time.perf_counter() - started)
+                assert len(reply.results) == len(items)
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client() for _ in range(clients)))
+    wall = time.perf_counter() - started
+    n = sum(map(len, requests))
+    return Run(n / wall, latencies, wall, n)
+
+
+# -- processes ------------------------------------------------------------------------
+
+
+def rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class PlainServer:
+    def __init__(self, backbone: str, log_dir: Path, threads: int):
+        self.port_file = log_dir / "plain.port"
+        self.log = (log_dir / "plain.log").open("wb")
+        command = [
+            sys.executable,
+            str(REPO / "bench" / "plain_rm_server.py"),
+            "--backbone",
+            backbone,
+            "--dtype",
+            "bfloat16",
+            "--port-file",
+            str(self.port_file),
+            "--threads",
+            str(threads),
+        ]
+        self.process = subprocess.Popen(
+            command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
+        )
+        deadline = time.monotonic() + 600
+        while not self.port_file.is_file():
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"plain server did not start; see {log_dir / 'plain.log'}")
+            time.sleep(0.2)
+        time.sleep(0.2)
+        self.address = f"127.0.0.1:{int(self.port_file.read_text())}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def expert_rss(cluster) -> float:
+    return rss_mib(next(c for c in cluster.children if c.name.startswith("expert-")).process.pid)
+
+
+def float32_expert_rss(bundle: Path, task: str, log_dir: Path) -> float:
+    """Start one float32 expert, read its memory once it is SERVING, stop it."""
+    from moerm.launcher import wait_serving
+
+    port_file = log_dir / "f32.port"
+    with (log_dir / "f32.log").open("wb") as sink:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "expert_svc",
+                "--bundle",
+                str(bundle),
+                "--task",
+                task,
+                "--dtype",
+                "float32",
+            ]
+            + ["--port-file", str(port_file)],
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while not port_file.is_file() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        wait_serving(f"127.0.0.1:{int(port_file.read_text())}", 600)
+        return rss_mib(process.pid)
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(30)
+
+
+# -- in-process limit -----------------------------------------------------------------
+
+
+def in_process(scorer, workload: Workload, *, experts: bool, max_batch_size: int) -> float:
+    """Items/s of the scorer alone (tokenizing included) on the batches the expert
+    service would form: whole requests, at most ``max_batch_size`` items per batch."""
+    from expert_svc.scorer import ExpertInput
+    from moerm.text import Turn, normalize
+
+    inputs = [
+        [
+            ExpertInput(
+                (Turn("user", normalize(i.messages[0].content)),), normalize(i.response), experts, not experts
+            )
+            for i in r
+        ]
+        for r in workload.requests
+    ]
+    batches, current = [], []
+    for request in inputs:
+        if current and len(current) + len(request) > max_batch_size:
+            batches.append(current)
+            current = []
+        current = current + request
+    if current:
+        batches.append(current)
+    started = time.perf_counter()
+    for batch in batches:
+        scorer.score(scorer.prepare(batch))
+    return workload.items / (time.perf_counter() - started)
+
+
+# -- the run --------------------------------------------------------------------------
+
+
+def bench_bundle(backbone: str, r: int, out: Path) -> Path:
+    """An untrained bundle with the serving layout: one task, K = 5 experts with LoRA
+    rank r on the top quarter, a task base model (speed does not depend on the weights)."""
+    from moerm.bundle import Capability
+    from moerm.bundle_build import TaskDefinition, create_bundle, with_random_base_models
+
+    if (out / "manifest.json").is_file():
+        return out
+    plain = out.with_name(out.name + "-plain")
+    if not (plain / "manifest.json").is_file():
+        task = TaskDefinition("code", "programming", tuple(Capability(c) for c in CAPABILITIES))
+        create_bundle(plain, [task], backbone=backbone, lora_r=r, lora_alpha=2 * r, seed=0)
+    return with_random_base_models(plain, out)
+
+
+def machine_line() -> str:
+    import peft
+    import torch
+    import transformers
+
+    cpu = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return (
+        f"cpu ({cpu}, {os.cpu_count()} logical cores); torch {torch.__version__}, transformers "
+        f"{transformers.__version__}, peft {peft.__version__}; python {platform.python_version()}"
+    )
+
+
+def commit() -> str:
+    try:
+        return subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+@dataclass
+class Results:
+    runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
+    limits: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    cache: dict[str, list[Run]] = field(default_factory=dict)
+
+    def add(self, workload: str, system: str, run: Run) -> None:
+        self.runs.setdefault((workload, system), []).append(run)
+        print(
+            f"  {workload} {system:<40} {run.items_per_s:8.2f} items/s  p50 {run.percentile(0.5):7.2f}s  "
+            f"p99 {run.percentile(0.99):7.2f}s  ({run.items} items, {run.wall_s:.0f}s)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+async def run_blocks(args, texts: Texts, systems: dict[str, list[System]], scorer, results: Results) -> None:
+    sizes = {"W1": args.w1_requests, "W2": args.w2_requests, "W3": args.w3_requests}
+    for repeat in range(args.repeats):
+        workloads = make_workloads(texts, repeat, sizes)
+        for workload in workloads:
+            order = systems[workload.name]
+            order = order[repeat % len(order) :] + order[: repeat % len(order)]
+            for system in order:
+                results.add(
+                    workload.name, system.name, await drive(system, workload.requests, workload.clients)
+                )
+            if scorer is not None:
+                for experts, label in ((True, "dmoerm experts"), (False, "base model")):
+                    rate = in_process(scorer, workload, experts=experts, max_batch_size=32)
+                    results.limits.setdefault((workload.name, label), []).append(rate)
+                    print(f"  {workload.name} in-process limit, {label}: {rate:.2f} items/s", file=sys.stderr)
+        # Cache hits: the items of this repeat again, all cached now.
+        cached = [i for w in workloads if w.name in ("W1", "W3") for r in w.requests for i in r]
+        main = systems["W1"][0]
+        for label, size, clients, count in (
+            ("32 clients, 1 item per request", 1, 32, args.cache_requests),
+            ("1 client, 32 items per request", 32, 1, args.cache_requests // 8),
+            ("32 clients, 32 items per request", 32, 32, args.cache_requests // 4),
+        ):
+            requests = [[cached[(k * size + j) % len(cached)] for j in range(size)] for k in range(count)]
+            run = await drive(main, requests, clients)
+            results.cache.setdefault(label, []).append(run)
+            print(
+                f"  cache hits, {label}: {run.items_per_s:.0f} items/s, p50 {1000 * run.percentile(0.5):.2f} ms",
+                file=sys.stderr,
+            )
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def render(args, results: Results, meta: dict) -> str:
+    lines = [
+        f"## serving benchmark: {meta['backbone']}, K = {meta['k']}, LoRA r = {meta['r']} on layers "
+        f"{meta['lora_layers']}, expert dtype {meta['dtype']}",
+        "",
+        f"machine: {meta['machine']}",
+        f"run: {meta['date']}; commit {meta['commit']}; {args.repeats} repeats, systems interleaved "
+        f"(rotated each repeat); texts: {meta['texts']}; load before start: {meta['load']}",
+        "",
+    ]
+    for workload in ("W1", "W2", "W3"):
+        plain = median(
+            [r.items_per_s for r in results.runs.get((workload, "plain one-model server (bf16)"), [])]
+        )
+        lines += [
+            f"### {workload}: {meta['workloads'][workload]}",
+            "",
+            "| system | items/s (median) | items/s per repeat | p50 s | p99 s | x plain | x in-process limit |",
+            "|---|---:|---|---:|---:|---:|---:|",
+        ]
+        for (w, system), runs in results.runs.items():
+            if w != workload:
+                continue
+            rate = median([r.items_per_s for r in runs])
+            limit_key = "base model" if "base:" in system else "dmoerm experts"
+            limit = median(results.limits.get((workload, limit_key), []))
+            share = (
+                f"{rate / limit:.2f}"
+                if "moerm" in system and "no prefix" not in system and limit == limit
+                else ""
+            )
+            lines.append(
+                f"| {system} | {rate:.2f} | {', '.join(f'{r.items_per_s:.2f}' for r in runs)} | "
+                f"{median([r.percentile(0.5) for r in runs]):.2f} | {median([r.percentile(0.99) for r in runs]):.2f} | "
+                f"{rate / plain:.2f} | {share} |"
+            )
+        for (w, label), rates in results.limits.items():
+            if w == workload:
+                lines.append(
+                    f"| in-process limit: {label} (scorer alone) | {median(rates):.2f} | {', '.join(f'{x:.2f}' for x in rates)} | | | | |"
+                )
+        lines.append("")
+    lines += [
+        "### cache hits through the router",
+        "",
+        "| traffic | items/s | p50 ms | p99 ms |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, runs in results.cache.items():
+        lines.append(
+            f"| {label} | {median([r.items_per_s for r in runs]):.0f} | "
+            f"{1000 * median([r.percentile(0.5) for r in runs]):.2f} | {1000 * median([r.percentile(0.99) for r in runs]):.2f} |"
+        )
+    lines += [
+        "",
+        "### memory",
+        "",
+        "| expert process | RSS MiB |",
+        "|---|---:|",
+        *(f"| {name} | {value:.0f} |" for name, value in meta["memory"].items()),
+        "",
+        "items/s: items scored / wall time of the block, clients closed-loop; p50/p99 over the block's requests "
+        "(with few requests p99 is close to the maximum). x plain: against the plain server in the same run. "
+        "x in-process limit: against the expert's scorer called directly on batches of the same requests "
+        "(tokenizing included, RPC and aggregation not). The clients run on the same 2 cores as the servers.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="smollm2")
+    parser.add_argument("--bundle", help="bundle to serve (default: an untrained K = 5 bundle, made once)")
+    parser.add_argument("--lora-r", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--w1-requests", type=int, default=128)
+    parser.add_argument("--w2-requests", type=int, default=32)
+    parser.add_argument("--w3-requests", type=int, default=8)
+    parser.add_argument("--cache-requests", type=int, default=4096, help="single-item cache-hit requests")
+    parser.add_argument(
+        "--quick", action="store_true", help="fewer requests and one repeat, to try the script"
+    )
+    parser.add_argument("--no-in-process", action="store_true", help="skip the in-process limit")
+    parser.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
+    parser.add_argument("--tag", default="")
+    args = parser.parse_args()
+    if args.quick:
+        args.repeats, args.w1_requests, args.w2_requests, args.w3_requests, args.cache_requests = (
+            1,
+            32,
+            8,
+            2,
+            1024,
+        )
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+    from moerm.backbones import cache_dir
+    from moerm.bundle import Bundle
+    from moerm.launcher import ProcessCluster
+
+    load = os.getloadavg()[0]
+    if load > 0.5:
+        print(f"warning: load average {load:.2f}: the machine is not idle", file=sys.stderr)
+    bundle_dir = (
+        Path(args.bundle)
+        if args.bundle
+        else bench_bundle(
+            args.backbone, args.lora_r, cache_dir() / "bundles" / f"bench-{args.backbone}-k5-r{args.lora_r}"
+        )
+    )
+    bundle = Bundle.load(bundle_dir)
+    task = next(iter(bundle.manifest.tasks))
+    spec = bundle.manifest.task(task)
+    log_dir = Path(tempfile.mkdtemp(prefix="moerm-bench-serving-"))
+    threads = os.cpu_count() or 1
+    shared = ProcessCluster(bundle_dir, log_dir=log_dir / "shared", log_level="WARNING")
+    whole = ProcessCluster(
+        bundle_dir, log_dir=log_dir / "whole", log_level="WARNING", expert_args=["--no-prefix-sharing"]
+    )
+    plain = scorer = None
+    results = Results()
+    memory: dict[str, float] = {}
+    try:
+        print(f"starting the clusters and the plain server (logs in {log_dir}) ...", file=sys.stderr)
+        shared.start()
+        whole.start()
+        plain = PlainServer(args.backbone, log_dir, threads)
+        memory["bf16 expert after load (moerm cluster)"] = expert_rss(shared)
+        dmoerm = System("moerm dmoerm (task policy)", shared.address)
+        base = System(f"moerm base:{task} (single model)", shared.address, "fixed", f"base:{task}")
+        baseline = System("plain one-model server (bf16)", plain.address)
+        systems = {
+            "W1": [dmoerm, base, baseline],
+            "W2": [
+                dmoerm,
+                base,
+                System("moerm dmoerm, no prefix sharing", whole.address),
+                System(f"moerm base:{task}, no prefix sharing", whole.address, "fixed", f"base:{task}"),
+                baseline,
+            ],
+            "W3": [dmoerm, base, baseline],
+        }
+        from transformers import AutoTokenizer
+
+        from moerm.backbones import resolve
+
+        texts = Texts(AutoTokenizer.from_pretrained(str(resolve(args.backbone))))
+        if not args.no_in_process:
+            from expert_svc.scorer import ExpertScorer
+
+            scorer = ExpertScorer(bundle, task)
+            scorer.load()
+            warm = make_workloads(texts, -1, {"W1": 32, "W2": 4, "W3": 1})
+            for workload in warm:
+                for experts in (True, False):
+                    in_process(scorer, workload, experts=experts, max_batch_size=32)
+        asyncio.run(run_blocks(args, texts, systems, scorer, results))
+        memory["bf16 expert after the run (moerm cluster)"] = expert_rss(shared)
+        memory["float32 expert after load"] = float32_expert_rss(bundle_dir, task, log_dir)
+        dtype = scorer.placement.dtype if scorer is not None else "auto"
+    finally:
+        if plain is not None:
+            plain.stop()
+        whole.stop()
+        shared.stop()
+    meta = {
+        "backbone": args.backbone,
+        "k": len(spec.capabilities),
+        "r": spec.lora.r,
+        "lora_layers": f"{min(spec.lora.layers)}-{max(spec.lora.layers)} of {bundle.manifest.backbone.num_layers}",
+        "dtype": dtype,
+        "machine": machine_line(),
+        "commit": commit(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "texts": texts.source,
+        "load": f"{load:.2f}",
+        "memory": memory,
+        "workloads": {
+            w: d
+            for w, d in (
+                ("W1", "1 distinct ~200-token item per request, 32 clients"),
+                (
+                    "W2",
+                    "GRPO groups, 1 ~512-token prompt + 8 responses of ~128 tokens per request, 32 clients",
+                ),
+                ("W3", "32 distinct ~200-token items per request, 1 client"),
+            )
+        },
+    }
+    table = render(args, results, meta)
+    print(table)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    name = f"serving-{args.backbone}-cpu" + (f"-{args.tag}" if args.tag else "")
+    (out / f"{name}.md").write_text(table)
+    raw = {
+        "meta": meta,
+        "args": {k: v for k, v in vars(args).items() if k not in ("out_dir", "bundle")},
+        "runs": [
+            {
+                "workload": w,
+                "system": s,
+                "items_per_s": r.items_per_s,
+                "wall_s": r.wall_s,
+                "latencies": r.latencies,
+            }
+            for (w, s), runs in results.runs.items()
+            for r in runs
+        ],
+        "in_process_limit": [
+            {"workload": w, "what": k, "items_per_s": v} for (w, k), vs in results.limits.items() for v in vs
+        ],
+        "cache_hits": [
+            {
+                "traffic": label,
+                "items_per_s": r.items_per_s,
+                "p50_s": r.percentile(0.5),
+                "p99_s": r.percentile(0.99),
+            }
+            for label, runs in results.cache.items()
+            for r in runs
+        ],
+    }
+    (out / f"{name}.json").write_text(json.dumps(raw, indent=1))
+
+
+if __name__ == "__main__":
+    main()
