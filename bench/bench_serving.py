@@ -222,25 +222,18 @@ def expert_rss(cluster) -> float:
     return rss_mib(next(c for c in cluster.children if c.name.startswith("expert-")).process.pid)
 
 
-def float32_expert_rss(bundle: Path, task: str, log_dir: Path) -> float:
-    """Start one float32 expert, read its memory once it is SERVING, stop it."""
+def expert_memory(bundle: Path, task: str, dtype: str, items, log_dir: Path) -> dict[str, float]:
+    """RSS of a stand-alone expert in ``dtype``: once loaded, and after scoring ``items``
+    (every weight touched; float32 weights are memory-mapped, so they count only once
+    read)."""
     from moerm.launcher import wait_serving
+    from moerm.v1 import expert_pb2, expert_pb2_grpc
 
-    port_file = log_dir / "f32.port"
-    with (log_dir / "f32.log").open("wb") as sink:
+    port_file = log_dir / f"{dtype}.port"
+    with (log_dir / f"{dtype}.log").open("wb") as sink:
         process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "expert_svc",
-                "--bundle",
-                str(bundle),
-                "--task",
-                task,
-                "--dtype",
-                "float32",
-            ]
-            + ["--port-file", str(port_file)],
+            [sys.executable, "-m", "expert_svc", "--bundle", str(bundle), "--task", task, "--dtype", dtype]
+            + ["--port-file", str(port_file), "--torch-threads", str(os.cpu_count() or 1)],
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -249,11 +242,25 @@ def float32_expert_rss(bundle: Path, task: str, log_dir: Path) -> float:
         deadline = time.monotonic() + 600
         while not port_file.is_file() and time.monotonic() < deadline:
             time.sleep(0.2)
-        wait_serving(f"127.0.0.1:{int(port_file.read_text())}", 600)
-        return rss_mib(process.pid)
+        address = f"127.0.0.1:{int(port_file.read_text())}"
+        wait_serving(address, 600)
+        loaded = rss_mib(process.pid)
+        request = expert_pb2.ExpertRequest(
+            task=task, items=[expert_pb2.ExpertItem(messages=i.messages, response=i.response) for i in items]
+        )
+        with grpc.insecure_channel(address) as channel:
+            expert_pb2_grpc.ExpertServiceStub(channel).ScoreBatch(request, timeout=600)
+        return {
+            f"{dtype} expert, loaded": loaded,
+            f"{dtype} expert, after one batch of {len(items)}": rss_mib(process.pid),
+        }
     finally:
         os.killpg(process.pid, signal.SIGTERM)
         process.wait(30)
+
+
+def parameter_mib(scorer) -> float:
+    return sum(p.numel() * p.element_size() for p in scorer.experts.parameters()) / 2**20
 
 
 # -- in-process limit -----------------------------------------------------------------
@@ -444,7 +451,7 @@ def render(args, results: Results, meta: dict) -> str:
         "",
         "### memory",
         "",
-        "| expert process | RSS MiB |",
+        "| expert process | MiB |",
         "|---|---:|",
         *(f"| {name} | {value:.0f} |" for name, value in meta["memory"].items()),
         "",
@@ -514,7 +521,7 @@ def main() -> None:
         shared.start()
         whole.start()
         plain = PlainServer(args.backbone, log_dir, threads)
-        memory["bf16 expert after load (moerm cluster)"] = expert_rss(shared)
+        memory["bf16 expert of the moerm cluster, loaded"] = expert_rss(shared)
         dmoerm = System("moerm dmoerm (task policy)", shared.address)
         base = System(f"moerm base:{task} (single model)", shared.address, "fixed", f"base:{task}")
         baseline = System("plain one-model server (bf16)", plain.address)
@@ -544,8 +551,12 @@ def main() -> None:
                 for experts in (True, False):
                     in_process(scorer, workload, experts=experts, max_batch_size=32)
         asyncio.run(run_blocks(args, texts, systems, scorer, results))
-        memory["bf16 expert after the run (moerm cluster)"] = expert_rss(shared)
-        memory["float32 expert after load"] = float32_expert_rss(bundle_dir, task, log_dir)
+        memory["bf16 expert of the moerm cluster, after the run"] = expert_rss(shared)
+        batch = [i for r in make_workloads(texts, -2, {"W1": 0, "W2": 0, "W3": 1})[2].requests for i in r]
+        for dtype in ("bfloat16", "float32"):
+            memory.update(expert_memory(bundle_dir, task, dtype, batch, log_dir))
+        if scorer is not None:
+            memory[f"experts' parameters in {scorer.placement.dtype} (not RSS)"] = parameter_mib(scorer)
         dtype = scorer.placement.dtype if scorer is not None else "auto"
     finally:
         if plain is not None:

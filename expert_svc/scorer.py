@@ -118,7 +118,7 @@ class ExpertScorer:
         except ValueError as error:
             raise SystemExit(f"expert_svc: {error}") from None
         started = time.perf_counter()
-        experts, tokenizer = load_task_experts(self.bundle, self.task.name)
+        experts, tokenizer = load_task_experts(self.bundle, self.task.name, placement.torch_dtype)
         config = experts.transformer.config
         # The context limit is the backbone's own unless --max-length narrows it.
         limit = int(getattr(config, "max_position_embeddings", 0) or self.bundle.manifest.backbone.max_length)

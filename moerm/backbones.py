@@ -119,8 +119,9 @@ def describe(ref: str) -> dict:
     }
 
 
-def load_backbone(ref: str):
-    """(model, tokenizer): the bare transformer (no LM head), float32, eval mode."""
+def load_backbone(ref: str, dtype=None):
+    """(model, tokenizer): the bare transformer (no LM head), eval mode, float32 or
+    ``dtype`` (a torch dtype; converted while loading, so no float32 copy is kept)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from transformers import AutoModel, AutoTokenizer
     from transformers.utils import logging as hf_logging
@@ -131,6 +132,6 @@ def load_backbone(ref: str):
     tokenizer = AutoTokenizer.from_pretrained(str(path))
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model = AutoModel.from_pretrained(str(path))
+    model = AutoModel.from_pretrained(str(path), **({"dtype": dtype} if dtype is not None else {}))
     model.eval()
     return model, tokenizer

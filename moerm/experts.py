@@ -351,10 +351,11 @@ def load_heads(path, capabilities: Sequence[str], hidden_size: int) -> nn.Module
     return heads
 
 
-def load_task_experts(bundle, task: str):
+def load_task_experts(bundle, task: str, dtype=None):
     """(CapabilityExperts, tokenizer) for one task of a :class:`moerm.bundle.Bundle`.
 
-    Loads the backbone once and attaches the task's K adapters to it.
+    Loads the backbone once (in ``dtype``, a torch dtype, when given; the heads stay
+    float32) and attaches the task's K adapters to it.
     """
     from peft import PeftModel
 
@@ -362,7 +363,7 @@ def load_task_experts(bundle, task: str):
 
     manifest = bundle.manifest
     spec = manifest.task(task)
-    backbone, tokenizer = load_task_backbone(bundle, task)
+    backbone, tokenizer = load_task_backbone(bundle, task, dtype)
     caps = spec.capability_names
     model = None
     for cap in caps:
@@ -406,16 +407,16 @@ class RewardModel(nn.Module):
         return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
 
 
-def load_task_backbone(bundle, task: str):
-    """(backbone, tokenizer) of one task: the bundle's backbone with the task's
-    phase-1 adapter merged into it when the bundle has one."""
+def load_task_backbone(bundle, task: str, dtype=None):
+    """(backbone, tokenizer) of one task: the bundle's backbone (in ``dtype`` when
+    given) with the task's phase-1 adapter merged into it when the bundle has one."""
     from peft import PeftModel
 
     from moerm.backbones import load_backbone
     from moerm.errors import BundleError
 
     spec = bundle.manifest.task(task)
-    backbone, tokenizer = load_backbone(bundle.manifest.backbone.ref)
+    backbone, tokenizer = load_backbone(bundle.manifest.backbone.ref, dtype)
     if spec.base_lora is not None:
         folder = bundle.path(spec.base_dir)
         try:
