@@ -181,7 +181,7 @@ def rss_mib(pid: int) -> float:
 
 
 class PlainServer:
-    def __init__(self, backbone: str, log_dir: Path, threads: int):
+    def __init__(self, backbone: str, log_dir: Path, threads: int, device: str = "cpu"):
         self.port_file = log_dir / "plain.port"
         self.log = (log_dir / "plain.log").open("wb")
         command = [
@@ -195,6 +195,8 @@ class PlainServer:
             str(self.port_file),
             "--threads",
             str(threads),
+            "--device",
+            device,
         ]
         self.process = subprocess.Popen(
             command, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True, env=dict(os.environ)
@@ -222,7 +224,7 @@ def expert_rss(cluster) -> float:
     return rss_mib(next(c for c in cluster.children if c.name.startswith("expert-")).process.pid)
 
 
-def expert_memory(bundle: Path, task: str, dtype: str, items, log_dir: Path) -> dict[str, float]:
+def expert_memory(bundle: Path, task: str, dtype: str, items, log_dir: Path, device: str) -> dict[str, float]:
     """RSS of a stand-alone expert in ``dtype``: once loaded, and after scoring ``items``
     (every weight touched; float32 weights are memory-mapped, so they count only once
     read)."""
@@ -233,7 +235,14 @@ def expert_memory(bundle: Path, task: str, dtype: str, items, log_dir: Path) -> 
     with (log_dir / f"{dtype}.log").open("wb") as sink:
         process = subprocess.Popen(
             [sys.executable, "-m", "expert_svc", "--bundle", str(bundle), "--task", task, "--dtype", dtype]
-            + ["--port-file", str(port_file), "--torch-threads", str(os.cpu_count() or 1)],
+            + [
+                "--port-file",
+                str(port_file),
+                "--torch-threads",
+                str(os.cpu_count() or 1),
+                "--device",
+                device,
+            ],
             stdout=sink,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -266,33 +275,110 @@ def parameter_mib(scorer) -> float:
 # -- in-process limit -----------------------------------------------------------------
 
 
-def in_process(scorer, workload: Workload, *, experts: bool, max_batch_size: int) -> float:
-    """Items/s of the scorer alone (tokenizing included) on the batches the expert
-    service would form: whole requests, at most ``max_batch_size`` items per batch."""
-    from expert_svc.scorer import ExpertInput
+def in_process_worker(bundle_dir: str, task: str, device: str) -> None:
+    """``--in-process-worker``: load the scorer, then answer one JSON line per request
+    line on stdin (``{"requests": [[[prompt, response], ...], ...], "experts": bool}``
+    -> ``{"items_per_s": x}``)."""
+    from expert_svc.scorer import ExpertInput, ExpertScorer
+    from moerm.bundle import Bundle
+    from moerm.memory import keep_freed_memory
     from moerm.text import Turn, normalize
 
-    inputs = [
-        [
-            ExpertInput(
-                (Turn("user", normalize(i.messages[0].content)),), normalize(i.response), experts, not experts
-            )
-            for i in r
+    keep_freed_memory()  # as the expert service does
+    scorer = ExpertScorer(Bundle.load(bundle_dir), task, device=device)
+    scorer.load()
+    print(json.dumps({"dtype": scorer.placement.dtype, "parameter_mib": parameter_mib(scorer)}), flush=True)
+    for line in sys.stdin:
+        job = json.loads(line)
+        experts = job["experts"]
+        inputs = [
+            [
+                ExpertInput((Turn("user", normalize(p)),), normalize(r), experts, not experts)
+                for p, r in request
+            ]
+            for request in job["requests"]
         ]
-        for r in workload.requests
-    ]
-    batches, current = [], []
-    for request in inputs:
-        if current and len(current) + len(request) > max_batch_size:
+        batches, current = [], []
+        for request in inputs:
+            if current and len(current) + len(request) > job["max_batch_size"]:
+                batches.append(current)
+                current = []
+            current = current + request
+        if current:
             batches.append(current)
-            current = []
-        current = current + request
-    if current:
-        batches.append(current)
-    started = time.perf_counter()
-    for batch in batches:
-        scorer.score(scorer.prepare(batch))
-    return workload.items / (time.perf_counter() - started)
+        started = time.perf_counter()
+        for batch in batches:
+            scorer.score(scorer.prepare(batch))
+        print(
+            json.dumps({"items_per_s": sum(map(len, inputs)) / (time.perf_counter() - started)}), flush=True
+        )
+
+
+class InProcessLimit:
+    """The expert's scorer called directly on batches like the service's (whole
+    requests, at most 32 items a batch; tokenizing included, RPC and aggregation not),
+    in a process of its own so that nothing of the benchmark's clients runs beside it."""
+
+    def __init__(self, bundle_dir: Path, task: str, device: str, log_dir: Path):
+        self.log = (log_dir / "in-process.log").open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, __file__, "--in-process-worker", "--bundle", str(bundle_dir), "--task", task]
+            + ["--device", device],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self.log,
+            text=True,
+        )
+        hello = json.loads(self.process.stdout.readline() or "null")
+        if hello is None:
+            raise RuntimeError(f"the in-process worker did not start; see {log_dir / 'in-process.log'}")
+        self.dtype, self.parameter_mib = hello["dtype"], hello["parameter_mib"]
+
+    def rate(self, workload: Workload, *, experts: bool, max_batch_size: int = 32) -> float:
+        requests = [[(i.messages[0].content, i.response) for i in r] for r in workload.requests]
+        self.process.stdin.write(
+            json.dumps({"requests": requests, "experts": experts, "max_batch_size": max_batch_size}) + "\n"
+        )
+        self.process.stdin.flush()
+        return json.loads(self.process.stdout.readline())["items_per_s"]
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.stdin.close()
+            try:
+                self.process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self.log.close()
+
+
+def embedder_rate(bundle, workload: Workload, repeats: int = 3) -> float:
+    """Distinct prompts per second that the router's embedder takes on one core (one
+    torch thread, its default dtype), on the prompts of ``workload`` in one batch."""
+    import torch
+
+    from moerm.devices import resolve
+    from moerm.embed import PromptEmbedder
+    from moerm.text import Turn, normalize, render_conversation
+
+    spec = bundle.manifest.router
+    embedder = PromptEmbedder(spec.embedder, spec.embed_max_tokens, placement=resolve("cpu", "auto"))
+    prompts = [
+        render_conversation((Turn("user", normalize(r[0].messages[0].content)),)) for r in workload.requests
+    ]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        embedder.embed(prompts[:8])
+        rates = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            embedder.embed(prompts)
+            rates.append(len(prompts) / (time.perf_counter() - started))
+        return statistics.median(rates)
+    finally:
+        torch.set_num_threads(threads)
 
 
 # -- the run --------------------------------------------------------------------------
@@ -362,6 +448,8 @@ async def run_blocks(args, texts: Texts, systems: dict[str, list[System]], score
     for repeat in range(args.repeats):
         workloads = make_workloads(texts, repeat, sizes)
         for workload in workloads:
+            if workload.name not in args.workloads:
+                continue
             order = systems[workload.name]
             order = order[repeat % len(order) :] + order[: repeat % len(order)]
             for system in order:
@@ -370,11 +458,14 @@ async def run_blocks(args, texts: Texts, systems: dict[str, list[System]], score
                 )
             if scorer is not None:
                 for experts, label in ((True, "dmoerm experts"), (False, "base model")):
-                    rate = in_process(scorer, workload, experts=experts, max_batch_size=32)
+                    rate = scorer.rate(workload, experts=experts)
                     results.limits.setdefault((workload.name, label), []).append(rate)
                     print(f"  {workload.name} in-process limit, {label}: {rate:.2f} items/s", file=sys.stderr)
         # Cache hits: the items of this repeat again, all cached now.
-        cached = [i for w in workloads if w.name in ("W1", "W3") for r in w.requests for i in r]
+        ran = [w for w in workloads if w.name in ("W1", "W3") and w.name in args.workloads]
+        cached = [i for w in ran for r in w.requests for i in r]
+        if not cached:
+            continue
         main = systems["W1"][0]
         for label, size, clients, count in (
             ("32 clients, 1 item per request", 1, 32, args.cache_requests),
@@ -404,7 +495,7 @@ def render(args, results: Results, meta: dict) -> str:
         f"(rotated each repeat); texts: {meta['texts']}; load before start: {meta['load']}",
         "",
     ]
-    for workload in ("W1", "W2", "W3"):
+    for workload in [w for w in ("W1", "W2", "W3") if w in args.workloads]:
         plain = median(
             [r.items_per_s for r in results.runs.get((workload, "plain one-model server (bf16)"), [])]
         )
@@ -449,6 +540,9 @@ def render(args, results: Results, meta: dict) -> str:
         )
     lines += [
         "",
+        f"router: its prompt embedder takes {meta['router_embedder']:.0f} distinct W1 prompts/s on one core "
+        "(one torch thread, batch of 128, default dtype).",
+        "",
         "### memory",
         "",
         "| expert process | MiB |",
@@ -468,18 +562,27 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2")
     parser.add_argument("--bundle", help="bundle to serve (default: an untrained K = 5 bundle, made once)")
     parser.add_argument("--lora-r", type=int, default=32)
+    parser.add_argument(
+        "--device", default="cpu", help="cpu or cuda[:N], for the experts and the plain server"
+    )
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--w1-requests", type=int, default=128)
     parser.add_argument("--w2-requests", type=int, default=32)
     parser.add_argument("--w3-requests", type=int, default=8)
     parser.add_argument("--cache-requests", type=int, default=4096, help="single-item cache-hit requests")
+    parser.add_argument("--workloads", default="W1,W2,W3", help="which workloads to run, comma-separated")
     parser.add_argument(
         "--quick", action="store_true", help="fewer requests and one repeat, to try the script"
     )
     parser.add_argument("--no-in-process", action="store_true", help="skip the in-process limit")
     parser.add_argument("--out-dir", default=str(REPO / "bench" / "results"))
     parser.add_argument("--tag", default="")
+    parser.add_argument("--task", help=argparse.SUPPRESS)
+    parser.add_argument("--in-process-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.in_process_worker:
+        in_process_worker(args.bundle, args.task, args.device)
+        return
     if args.quick:
         args.repeats, args.w1_requests, args.w2_requests, args.w3_requests, args.cache_requests = (
             1,
@@ -509,9 +612,15 @@ def main() -> None:
     spec = bundle.manifest.task(task)
     log_dir = Path(tempfile.mkdtemp(prefix="moerm-bench-serving-"))
     threads = os.cpu_count() or 1
-    shared = ProcessCluster(bundle_dir, log_dir=log_dir / "shared", log_level="WARNING")
+    device_args = ["--device", args.device]
+    shared = ProcessCluster(
+        bundle_dir, log_dir=log_dir / "shared", log_level="WARNING", expert_args=device_args
+    )
     whole = ProcessCluster(
-        bundle_dir, log_dir=log_dir / "whole", log_level="WARNING", expert_args=["--no-prefix-sharing"]
+        bundle_dir,
+        log_dir=log_dir / "whole",
+        log_level="WARNING",
+        expert_args=[*device_args, "--no-prefix-sharing"],
     )
     plain = scorer = None
     results = Results()
@@ -520,7 +629,7 @@ def main() -> None:
         print(f"starting the clusters and the plain server (logs in {log_dir}) ...", file=sys.stderr)
         shared.start()
         whole.start()
-        plain = PlainServer(args.backbone, log_dir, threads)
+        plain = PlainServer(args.backbone, log_dir, threads, args.device)
         memory["bf16 expert of the moerm cluster, loaded"] = expert_rss(shared)
         dmoerm = System("moerm dmoerm (task policy)", shared.address)
         base = System(f"moerm base:{task} (single model)", shared.address, "fixed", f"base:{task}")
@@ -542,23 +651,23 @@ def main() -> None:
 
         texts = Texts(AutoTokenizer.from_pretrained(str(resolve(args.backbone))))
         if not args.no_in_process:
-            from expert_svc.scorer import ExpertScorer
-
-            scorer = ExpertScorer(bundle, task)
-            scorer.load()
-            warm = make_workloads(texts, -1, {"W1": 32, "W2": 4, "W3": 1})
-            for workload in warm:
+            scorer = InProcessLimit(bundle_dir, task, args.device, log_dir)
+            for workload in make_workloads(texts, -1, {"W1": 32, "W2": 4, "W3": 1}):  # warm-up
                 for experts in (True, False):
-                    in_process(scorer, workload, experts=experts, max_batch_size=32)
+                    scorer.rate(workload, experts=experts)
         asyncio.run(run_blocks(args, texts, systems, scorer, results))
+        w1 = make_workloads(texts, -3, {"W1": 128, "W2": 0, "W3": 0})[0]
+        router_rate = embedder_rate(bundle, w1)
         memory["bf16 expert of the moerm cluster, after the run"] = expert_rss(shared)
         batch = [i for r in make_workloads(texts, -2, {"W1": 0, "W2": 0, "W3": 1})[2].requests for i in r]
         for dtype in ("bfloat16", "float32"):
-            memory.update(expert_memory(bundle_dir, task, dtype, batch, log_dir))
+            memory.update(expert_memory(bundle_dir, task, dtype, batch, log_dir, args.device))
         if scorer is not None:
-            memory[f"experts' parameters in {scorer.placement.dtype} (not RSS)"] = parameter_mib(scorer)
-        dtype = scorer.placement.dtype if scorer is not None else "auto"
+            memory[f"experts' parameters in {scorer.dtype} (not RSS)"] = scorer.parameter_mib
+        dtype = scorer.dtype if scorer is not None else "auto"
     finally:
+        if scorer is not None:
+            scorer.close()
         if plain is not None:
             plain.stop()
         whole.stop()
@@ -575,6 +684,7 @@ def main() -> None:
         "texts": texts.source,
         "load": f"{load:.2f}",
         "memory": memory,
+        "router_embedder": router_rate,
         "workloads": {
             w: d
             for w, d in (
@@ -591,7 +701,7 @@ def main() -> None:
     print(table)
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"serving-{args.backbone}-cpu" + (f"-{args.tag}" if args.tag else "")
+    name = f"serving-{args.backbone}-{args.device.partition(':')[0]}" + (f"-{args.tag}" if args.tag else "")
     (out / f"{name}.md").write_text(table)
     raw = {
         "meta": meta,

@@ -22,24 +22,26 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from moerm.memory import keep_freed_memory  # noqa: E402
 from moerm.text import ROLES, Turn, normalize, render  # noqa: E402
 from moerm.v1 import reward_pb2, reward_pb2_grpc  # noqa: E402
 
 
 class PlainRewardModel:
-    def __init__(self, backbone: str, dtype: str, max_length: int, seed: int = 0):
+    def __init__(self, backbone: str, dtype: str, max_length: int, seed: int = 0, device: str = "cpu"):
         import torch
 
         from moerm.backbones import load_backbone
 
         self.torch = torch
         self.model, self.tokenizer = load_backbone(backbone)
-        self.model.to(getattr(torch, dtype))
+        self.device = device
+        self.model.to(device=device, dtype=getattr(torch, dtype))
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"
         self.max_length = max_length
         torch.manual_seed(seed)
-        self.head = torch.nn.Linear(self.model.config.hidden_size, 1)
+        self.head = torch.nn.Linear(self.model.config.hidden_size, 1).to(device)
 
     def score(self, items: list[tuple[tuple[Turn, ...], str]]) -> list[float]:
         torch = self.torch
@@ -50,7 +52,7 @@ class PlainRewardModel:
         with torch.inference_mode():
             hidden = self.model(**batch).last_hidden_state
             last = batch["attention_mask"].sum(dim=1) - 1
-            pooled = hidden[torch.arange(hidden.shape[0]), last].float()
+            pooled = hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
             return self.head(pooled).squeeze(-1).tolist()
 
 
@@ -73,7 +75,7 @@ class PlainServicer(reward_pb2_grpc.RewardServiceServicer):
 
 
 async def serve(args: argparse.Namespace) -> None:
-    model = PlainRewardModel(args.backbone, args.dtype, args.max_length)
+    model = PlainRewardModel(args.backbone, args.dtype, args.max_length, device=args.device)
     server = grpc.aio.server(
         options=[("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     )
@@ -91,6 +93,7 @@ def main() -> None:
     parser.add_argument("--backbone", default="smollm2")
     parser.add_argument("--dtype", default="bfloat16", choices=("float32", "bfloat16"))
     parser.add_argument("--max-length", type=int, default=8192)
+    parser.add_argument("--device", default="cpu")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--port-file", default="")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
@@ -101,6 +104,9 @@ def main() -> None:
         import torch
 
         torch.set_num_threads(args.threads)
+    # The same allocator setting as moerm's expert service (moerm/memory.py), so that the
+    # comparison is about the serving design, not about malloc.
+    keep_freed_memory()
     asyncio.run(serve(args))
 
 

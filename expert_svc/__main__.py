@@ -9,6 +9,7 @@ import sys
 from expert_svc.app import build_expert
 from expert_svc.config import ExpertConfig
 from moerm.config import parse_config
+from moerm.memory import keep_freed_memory
 from moerm.server import run_until_signalled, setup_logging
 
 
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = parse_config(ExpertConfig, argv, prog="expert_svc")
     setup_logging(config.log_level)
+    keep_freed_memory()
     asyncio.run(serve(config))
 
 

@@ -59,6 +59,7 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         max_batch_size=config.max_batch_size,
         max_batch_tokens=config.max_batch_tokens,
         max_delay_s=config.max_queue_delay_ms / 1000.0,
+        refill_wait_s=config.refill_wait_ms / 1000.0,
         max_queue_items=config.max_queue_items,
     )
     servicer = ExpertServicer(scorer, batcher, norm=(config.norm_mean, config.norm_std))

@@ -22,6 +22,9 @@ class ExpertConfig:
         8192, "most tokens in one batch (a shared prefix counts once; padding counts when chunking)"
     )
     max_queue_delay_ms: float = option(5.0, "how long the batcher waits to fill a batch")
+    refill_wait_ms: float = option(
+        100.0, "how long a batch may wait for as many items as the previous one had (callers coming back)"
+    )
     max_queue_items: int = option(4096, "queued items beyond which calls get RESOURCE_EXHAUSTED")
     max_length: int = option(0, "token limit per item (0: the backbone's context length)")
     torch_threads: int = option(0, "torch intra-op threads (0: torch's default)")
@@ -44,7 +47,11 @@ class ExpertConfig:
             raise SystemExit("expert_svc: --bundle (or MOERM_BUNDLE) is required")
         if not self.task:
             raise SystemExit("expert_svc: --task (or MOERM_TASK) is required")
-        if self.max_batch_size < 1 or self.max_queue_items < 1 or self.max_queue_delay_ms < 0:
+        if (
+            self.max_batch_size < 1
+            or self.max_queue_items < 1
+            or min(self.max_queue_delay_ms, self.refill_wait_ms) < 0
+        ):
             raise SystemExit("expert_svc: batch size and queue limits must be positive")
         if self.max_batch_tokens < 1 or self.max_length < 0 or self.min_shared_prefix < 1:
             raise SystemExit("expert_svc: --max-batch-tokens and --min-shared-prefix must be positive")

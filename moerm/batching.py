@@ -3,7 +3,13 @@
 A batch holds at most ``max_batch_size`` items and ``max_batch_tokens`` tokens (each
 item's cost, given at submit); requests wait at most ``max_delay_s`` for company. A
 request larger than a batch is split over several, in order; a batch that is not full
-takes the next requests' items. The model function runs on one dedicated worker
+takes the next requests' items.
+
+Closed-loop callers (a trainer's workers, each sending its next request once the last
+is answered) come back together after a batch: without care, batches settle into
+alternating sizes (1 item, then 31, then 1, ...), and a small batch wastes the model's
+time. So a batch may also wait up to ``refill_wait_s`` until it holds as many items as
+the previous batch did (a lone caller refills it at once and waits for nobody). The model function runs on one dedicated worker
 thread, never on the event loop. Callers that have gone (cancelled, or past their
 deadline) are dropped before their items run.
 """
@@ -67,12 +73,15 @@ class DynamicBatcher:
         max_delay_s: float,
         max_queue_items: int,
         max_batch_tokens: float = float("inf"),
+        refill_wait_s: float = 0.0,
     ):
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_delay_s = max_delay_s
+        self.refill_wait_s = refill_wait_s
         self.max_queue_items = max_queue_items
+        self._last_batch_items = 0
         self.stats = BatcherStats()
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
@@ -166,9 +175,14 @@ class DynamicBatcher:
             await self._arrived.wait()
         batch: list[_Slice] = []
         size, tokens, full = self._fill(batch, 0, 0.0)
-        deadline = loop.time() + self.max_delay_s
+        started = loop.time()
+        deadline = started + self.max_delay_s
+        refill = min(self._last_batch_items, self.max_batch_size)
+        refill_deadline = started + self.refill_wait_s
         while not full:
-            remaining = deadline - loop.time()
+            now = loop.time()
+            until = deadline if size >= refill else max(deadline, refill_deadline)
+            remaining = until - now
             if remaining <= 0:
                 break
             self._arrived.clear()
@@ -200,6 +214,7 @@ class DynamicBatcher:
                 if live:
                     items = [item for part in live for item in part.pending.items[part.start : part.end]]
                     outputs = await loop.run_in_executor(self._executor, self.fn, items)
+                    self._last_batch_items = len(items)
                     self.stats.batches += 1
                     self.stats.items += len(items)
                     self.stats.tokens += tokens

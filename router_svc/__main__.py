@@ -7,6 +7,7 @@ import os
 import sys
 
 from moerm.config import parse_config
+from moerm.memory import keep_freed_memory
 from moerm.server import run_until_signalled, setup_logging
 from router_svc.app import build_router
 from router_svc.config import RouterConfig
@@ -27,6 +28,7 @@ def main(argv: list[str] | None = None) -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = parse_config(RouterConfig, argv, prog="router_svc")
     setup_logging(config.log_level)
+    keep_freed_memory()  # the prompt embedder's batches
     asyncio.run(serve(config))
 
 

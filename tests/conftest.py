@@ -1,5 +1,8 @@
 """Shared fixtures.
 
+``MOERM_TEST_DEVICE`` (default ``cpu``) moves the model tests that take a ``device``
+to another device (``bench/gpu_check.sh`` runs them on CUDA).
+
 Session-wide: ``redis_url`` (a Redis-protocol server for cache tests),
 ``minilm_bundle`` (a small untrained bundle on the MiniLM backbone) and, for the slow
 tier, ``smollm2_bundle`` (one task with K = 5 experts and a base model on SmolLM2).
@@ -20,6 +23,18 @@ BUNDLE_TASKS = {
     "code": ("programming, writing or fixing code", ("correctness", "efficiency", "readability")),
     "writing": ("write a story, poem, essay or letter", ("relevance", "fluency")),
 }
+
+
+@pytest.fixture(scope="session")
+def device() -> str:
+    """Where the model tests run: $MOERM_TEST_DEVICE, default cpu."""
+    name = os.environ.get("MOERM_TEST_DEVICE", "cpu")
+    if name.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            pytest.fail(f"MOERM_TEST_DEVICE={name} but CUDA is not available")
+    return name
 
 
 @pytest.fixture(scope="session")

@@ -47,12 +47,13 @@ def items() -> list[ExpertInput]:
 
 
 @pytest.fixture(scope="module")
-def scorers(smollm2_bundle: Path) -> dict[str, ExpertScorer]:
+def scorers(smollm2_bundle: Path, device: str) -> dict[str, ExpertScorer]:
     bundle = Bundle.load(smollm2_bundle)
+    common = {"dtype": "float32", "device": device}
     out = {
-        "whole": ExpertScorer(bundle, "code", dtype="float32", prefix_sharing=False),
-        "shared": ExpertScorer(bundle, "code", dtype="float32"),
-        "chunked": ExpertScorer(bundle, "code", dtype="float32", max_batch_tokens=300),
+        "whole": ExpertScorer(bundle, "code", prefix_sharing=False, **common),
+        "shared": ExpertScorer(bundle, "code", **common),
+        "chunked": ExpertScorer(bundle, "code", max_batch_tokens=300, **common),
     }
     for scorer in out.values():
         scorer.load()

@@ -194,3 +194,31 @@ async def test_a_cancelled_caller_is_not_computed(make, fn: Recorder) -> None:
     check([6], await batcher.submit([6]))
     assert fn.calls == [[1, 2], [6]]
     assert batcher.queued_items == 0
+
+
+async def test_callers_coming_back_refill_the_next_batch(make, fn: Recorder) -> None:
+    """After a batch of 3, three callers return 20 ms apart: with a refill wait they
+    make one batch again, without it the first returns alone."""
+
+    async def round_trip(batcher) -> None:
+        await asyncio.gather(*(batcher.submit([i]) for i in range(3)))
+
+        async def later(i: int) -> None:
+            await asyncio.sleep(0.02 * i)
+            await batcher.submit([10 + i])
+
+        await asyncio.gather(*(later(i) for i in range(3)))
+
+    await round_trip(make(max_batch_size=8, max_delay_s=0.005, refill_wait_s=0.5))
+    assert fn.calls == [[0, 1, 2], [10, 11, 12]]
+    fn.calls.clear()
+    await round_trip(make(max_batch_size=8, max_delay_s=0.005))
+    assert fn.calls[0] == [0, 1, 2] and fn.calls[1] == [10]
+
+
+async def test_a_lone_caller_does_not_wait_for_company(make, fn: Recorder) -> None:
+    batcher = make(max_batch_size=8, max_delay_s=0.005, refill_wait_s=5.0)
+    for i in range(3):
+        started = asyncio.get_running_loop().time()
+        check([i], await batcher.submit([i]))
+        assert asyncio.get_running_loop().time() - started < 1.0

@@ -61,10 +61,12 @@ def tokenizer_and_texts():
     return tokenizer, texts
 
 
-def whole(experts, tokenizer, texts, head):
+def whole(experts, tokenizer, texts, head, device):
     batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.inference_mode():
-        return experts.forward_with_base(batch["input_ids"], batch["attention_mask"], head)
+        return experts.forward_with_base(
+            batch["input_ids"].to(device), batch["attention_mask"].to(device), head
+        )
 
 
 @pytest.mark.slow
@@ -72,11 +74,12 @@ def whole(experts, tokenizer, texts, head):
     "layers", [None, (22, 23, 24, 25, 26, 27, 28, 29)], ids=["all-layers", "top-quarter"]
 )
 @pytest.mark.parametrize("group", [1, 2, 8])
-def test_shared_prefix_equals_whole_sequences_smollm2(layers, group, tokenizer_and_texts) -> None:
+def test_shared_prefix_equals_whole_sequences_smollm2(layers, group, tokenizer_and_texts, device) -> None:
     tokenizer, texts = tokenizer_and_texts
     experts, _ = build_experts("smollm2", layers)
+    experts.to(device)
     torch.manual_seed(3)
-    head = torch.nn.Linear(576, 1)
+    head = torch.nn.Linear(576, 1).to(device)
     # One GRPO group of `group` responses of different lengths, plus an unrelated item.
     items = texts[:group] + [render(tokenizer, (Turn("user", "Say hi."),), "Hi!")]
     ids = [tokenizer(t, add_special_tokens=True)["input_ids"] for t in items]
@@ -88,7 +91,7 @@ def test_shared_prefix_equals_whole_sequences_smollm2(layers, group, tokenizer_a
         assert p.prefixes == ()
     with torch.inference_mode():
         scores, hidden, base = experts.forward_shared(p, tokenizer.pad_token_id, head)
-    ref_scores, ref_hidden, ref_base = whole(experts, tokenizer, items, head)
+    ref_scores, ref_hidden, ref_base = whole(experts, tokenizer, items, head, device)
     torch.testing.assert_close(scores, ref_scores, atol=ATOL, rtol=0)
     torch.testing.assert_close(hidden, ref_hidden, atol=ATOL, rtol=0)
     torch.testing.assert_close(base, ref_base, atol=ATOL, rtol=0)
