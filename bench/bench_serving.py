@@ -79,11 +79,15 @@ class Texts:
         self.cursor = 0
 
     def take(self, n: int) -> str:
-        if self.cursor + n > len(self.tokens):
-            self.cursor = 0
-        window = self.tokens[self.cursor : self.cursor + n]
-        self.cursor += n
-        return self.tokenizer.decode(window).strip()
+        """The next window of ``n`` tokens that holds some text (not only whitespace)."""
+        while True:
+            if self.cursor + n > len(self.tokens):
+                self.cursor = 0
+            window = self.tokens[self.cursor : self.cursor + n]
+            self.cursor += n
+            text = self.tokenizer.decode(window).strip()
+            if len(text.split()) >= n // 4:
+                return text
 
 
 def item(prompt: str, response: str) -> reward_pb2.ScoreItem:
@@ -495,6 +499,11 @@ def render(args, results: Results, meta: dict) -> str:
         f"(rotated each repeat); texts: {meta['texts']}; load before start: {meta['load']}",
         "",
     ]
+    if meta["failure"]:
+        lines += [
+            f"**The run stopped before it finished** ({meta['failure']}); the tables hold what it measured.",
+            "",
+        ]
     for workload in [w for w in ("W1", "W2", "W3") if w in args.workloads]:
         plain = median(
             [r.items_per_s for r in results.runs.get((workload, "plain one-model server (bf16)"), [])]
@@ -623,6 +632,7 @@ def main() -> None:
         expert_args=[*device_args, "--no-prefix-sharing"],
     )
     plain = scorer = None
+    failure = ""
     results = Results()
     memory: dict[str, float] = {}
     try:
@@ -655,7 +665,11 @@ def main() -> None:
             for workload in make_workloads(texts, -1, {"W1": 32, "W2": 4, "W3": 1}):  # warm-up
                 for experts in (True, False):
                     scorer.rate(workload, experts=experts)
-        asyncio.run(run_blocks(args, texts, systems, scorer, results))
+        try:
+            asyncio.run(run_blocks(args, texts, systems, scorer, results))
+        except Exception as error:  # keep what was measured; the table says the run stopped
+            failure = f"{type(error).__name__}: {error}"
+            print(f"the run stopped: {failure}", file=sys.stderr)
         w1 = make_workloads(texts, -3, {"W1": 128, "W2": 0, "W3": 0})[0]
         router_rate = embedder_rate(bundle, w1)
         memory["bf16 expert of the moerm cluster, after the run"] = expert_rss(shared)
@@ -685,6 +699,7 @@ def main() -> None:
         "load": f"{load:.2f}",
         "memory": memory,
         "router_embedder": router_rate,
+        "failure": failure,
         "workloads": {
             w: d
             for w, d in (

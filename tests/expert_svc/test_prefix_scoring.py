@@ -78,3 +78,15 @@ def test_shared_prefixes_and_chunks_give_whole_sequence_scores(scorers) -> None:
     # With a 300-token budget the batch really ran in several chunks.
     plan = scorers["chunked"]._plan(prepared)
     assert len(plan.chunks(300)) > 2
+
+
+def test_the_context_limit_is_the_backbones_and_keeps_the_response(scorers, smollm2_bundle: Path) -> None:
+    assert scorers["whole"].max_length == 8192  # SmolLM2's max_position_embeddings, not a fixed 1,024
+    narrow = ExpertScorer(Bundle.load(smollm2_bundle), "code", max_length=64, dtype="float32")
+    narrow.tokenizer = scorers["whole"].tokenizer
+    long_prompt = "Tell me everything about the history of tea. " * 40
+    item = ExpertInput((Turn("user", long_prompt),), "Tea came from China.", experts=True, base=False)
+    (full,) = scorers["whole"].prepare([item])
+    (cut,) = narrow.prepare([item])
+    assert len(full.ids) > 64 and len(cut.ids) == 64
+    assert cut.ids == full.ids[-64:]  # the oldest tokens go, the response stays
