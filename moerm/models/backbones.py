@@ -10,6 +10,9 @@ Two packaged backbones work offline (``HF_HUB_OFFLINE=1``):
   which is converted once into a safetensors directory in the moerm cache.
 
 Any other reference is a local Hugging Face model directory.
+
+The family table and :func:`describe` need no model stack; transformers is imported by the
+functions that load or convert a model.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import logging
 import os
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 from moerm.errors import BundleError
@@ -105,17 +109,62 @@ def resolve(ref: str) -> Path:
     return path
 
 
+@dataclass(frozen=True)
+class Family:
+    """What moerm knows about one family of transformers models, in one place.
+
+    ``model_types``: the ``model_type`` values of its configs; ``kind``: ``decoder``
+    (causal: pooled at the last token, a shared prompt can be computed once) or
+    ``encoder`` (bidirectional: mean-pooled, whole sequences); ``lora_targets``: the
+    query and value projections that carry the LoRA adapters; ``context``: the longest
+    input when the config does not say (``max_position_embeddings``);
+    ``shares_prefixes``: decoder layers that take rotary ``position_embeddings`` and a
+    cache, so :mod:`moerm.models.prefix` can drive them.
+    """
+
+    name: str
+    model_types: tuple[str, ...]
+    kind: str
+    lora_targets: tuple[str, ...]
+    context: int
+    shares_prefixes: bool = False
+
+    @property
+    def pooling(self) -> str:
+        return "last" if self.kind == "decoder" else "mean"
+
+
+FAMILIES = (
+    Family(
+        "llama", ("llama", "mistral", "qwen2"), "decoder", ("q_proj", "v_proj"), 4096, shares_prefixes=True
+    ),
+    Family("gpt2", ("gpt2",), "decoder", ("c_attn",), 1024),
+    Family("bert", ("bert",), "encoder", ("query", "value"), 512),
+)
+
+
+def family(model_type: str) -> Family:
+    """The family of a config's ``model_type``; BundleError for one moerm does not know."""
+    for candidate in FAMILIES:
+        if model_type in candidate.model_types:
+            return candidate
+    known = ", ".join(t for f in FAMILIES for t in f.model_types)
+    raise BundleError(f"backbone model type {model_type!r} is not supported (known: {known})")
+
+
 def describe(ref: str) -> dict:
-    """kind / pooling / sizes of a backbone, read from its config.json."""
+    """kind / pooling / sizes / context length of a backbone, read from its config.json
+    and its :class:`Family`."""
     config = json.loads((resolve(ref) / "config.json").read_text())
-    architectures = " ".join(config.get("architectures") or [])
-    decoder = "CausalLM" in architectures or config.get("model_type") in ("llama", "mistral", "qwen2", "gpt2")
+    known = family(config.get("model_type", ""))
     return {
-        "kind": "decoder" if decoder else "encoder",
-        "pooling": "last" if decoder else "mean",
+        "kind": known.kind,
+        "pooling": known.pooling,
         "hidden_size": int(config["hidden_size"] if "hidden_size" in config else config["n_embd"]),
         "num_layers": int(config.get("num_hidden_layers") or config["n_layer"]),
-        "max_length": int(min(config.get("max_position_embeddings", 512), 512 if not decoder else 1024)),
+        "max_length": int(
+            config.get("max_position_embeddings") or config.get("n_positions") or known.context
+        ),
     }
 
 

@@ -42,7 +42,8 @@ class TaskAggregator:
         h = np.maximum(x @ self.fc1_weight.T + self.fc1_bias, 0.0)
         return (h @ self.fc2_weight.T + self.fc2_bias)[:, 0]
 
-    def normalize(self, raw: np.ndarray) -> np.ndarray:
+    def scaled(self, raw: np.ndarray) -> np.ndarray:
+        """The task's reward scale from the manifest (reference mean and std)."""
         return (raw - self.spec.norm_mean) / self.spec.norm_std
 
 
@@ -92,4 +93,4 @@ class Aggregator:
                 f"scores {scores.shape} / hidden {hidden.shape} do not fit K={len(expected)}, d={agg.hidden_size}",
             )
         raw = agg.raw(scores, hidden)
-        return agg.normalize(raw), raw
+        return agg.scaled(raw), raw

@@ -5,8 +5,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
+import torch
 
 from moerm.devices import Placement
+from moerm.models.backbones import load_backbone
+from moerm.models.experts import pool
 
 DEFAULT_MAX_TOKENS = 256
 
@@ -29,10 +32,6 @@ class PromptEmbedder:
         batch_size: int = 64,
         placement: Placement | None = None,
     ):
-        import torch
-
-        from moerm.backbones import load_backbone
-
         self._torch = torch
         self.placement = placement or Placement("cpu", "float32", "default")
         self.model, self.tokenizer = load_backbone(ref)
@@ -49,8 +48,6 @@ class PromptEmbedder:
         return self._embed_distinct(distinct)[[row[text] for text in texts]]
 
     def _embed_distinct(self, texts: list[str]) -> np.ndarray:
-        from moerm.experts import pool
-
         torch = self._torch
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:

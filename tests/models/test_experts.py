@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from moerm.experts import CapabilityExperts, Trunk, pool, run_layers
+from moerm.models.experts import CapabilityExperts, Trunk, find_layer_list, pool, run_layers
 
 CAPS = ("alpha", "beta", "gamma")
 TEXTS = [
@@ -23,7 +23,7 @@ ATOL = 1e-5
 
 @functools.cache
 def _backbone(ref: str):
-    from moerm.backbones import load_backbone
+    from moerm.models.backbones import load_backbone
 
     return load_backbone(ref)
 
@@ -35,8 +35,7 @@ def build_experts(ref: str, layers: tuple[int, ...] | None, seed: int = 0):
     """
     from peft import LoraConfig, get_peft_model
 
-    from moerm.backbones import describe
-    from moerm.bundle_build import TARGET_MODULES
+    from moerm.models.backbones import describe, family
 
     info = describe(ref)
     num_layers = info["num_layers"]
@@ -48,9 +47,9 @@ def build_experts(ref: str, layers: tuple[int, ...] | None, seed: int = 0):
     config = LoraConfig(
         r=4,
         lora_alpha=8,
-        target_modules=list(TARGET_MODULES[base.config.model_type]),
+        target_modules=list(family(base.config.model_type).lora_targets),
         layers_to_transform=list(layers),
-        layers_pattern="layers" if base.config.model_type == "llama" else None,  # bare LlamaModel
+        layers_pattern=find_layer_list(base, num_layers)[1],
         init_lora_weights=False,  # random A and B: nonzero, different adapters
     )
     model = get_peft_model(base, config, adapter_name=CAPS[0])
@@ -135,7 +134,7 @@ def test_shared_trunk_matches_sequential_minilm(layers) -> None:
 @pytest.mark.slow
 @pytest.mark.parametrize("top", [None, 6], ids=["all-layers", "top-6"])
 def test_shared_trunk_matches_sequential_smollm2(top) -> None:
-    from moerm.backbones import describe
+    from moerm.models.backbones import describe
 
     num_layers = describe("smollm2")["num_layers"]
     layers = None if top is None else tuple(range(num_layers - top, num_layers))

@@ -16,9 +16,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 from torch import nn
 
-from moerm.prefix import DecoderStack, LayerCache, PrefixPlan, pad, pass_inputs
+from moerm.errors import BundleError
+from moerm.models.prefix import DecoderStack, LayerCache, PrefixPlan, pad, pass_inputs
 
 
 class _TrunkDone(Exception):
@@ -236,7 +239,7 @@ class CapabilityExperts(nn.Module):
         experts: bool = True,
     ) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
         """Scores of the planned items with every shared prefix computed once
-        (decoders only, see :mod:`moerm.prefix`): the prefixes' trunk layers once, each
+        (decoders only, see :mod:`moerm.models.prefix`): the prefixes' trunk layers once, each
         expert's adapted layers over them once per expert, then the items' own tokens
         attending to those keys and values. ``base_head``: also the task base model's
         rewards (every capability adapter disabled) on the same trunk; ``experts``
@@ -331,10 +334,6 @@ class CapabilityExperts(nn.Module):
 
 def load_heads(path, capabilities: Sequence[str], hidden_size: int) -> nn.ModuleDict:
     """Scalar heads from ``heads.safetensors`` (``<cap>.weight``, ``<cap>.bias``)."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    from moerm.errors import BundleError
 
     try:
         tensors = load_file(str(path))
@@ -351,38 +350,23 @@ def load_heads(path, capabilities: Sequence[str], hidden_size: int) -> nn.Module
     return heads
 
 
-def load_task_experts(bundle, task: str, dtype=None):
-    """(CapabilityExperts, tokenizer) for one task of a :class:`moerm.bundle.Bundle`.
+def new_head(hidden_size: int, seed: int) -> nn.Linear:
+    """A fresh scalar head, N(0, 1/d) weights and a zero bias, seeded."""
+    generator = torch.Generator().manual_seed(seed)
+    head = nn.Linear(hidden_size, 1)
+    with torch.no_grad():
+        head.weight.normal_(0.0, hidden_size**-0.5, generator=generator)
+        head.bias.zero_()
+    return head
 
-    Loads the backbone once (in ``dtype``, a torch dtype, when given; the heads stay
-    float32) and attaches the task's K adapters to it.
-    """
-    from peft import PeftModel
 
-    from moerm.errors import BundleError
-
-    manifest = bundle.manifest
-    spec = manifest.task(task)
-    backbone, tokenizer = load_task_backbone(bundle, task, dtype)
-    caps = spec.capability_names
-    model = None
-    for cap in caps:
-        folder = bundle.path(spec.expert_dir(cap))
-        try:
-            if model is None:
-                model = PeftModel.from_pretrained(backbone, str(folder), adapter_name=cap)
-            else:
-                model.load_adapter(str(folder), adapter_name=cap)
-        except Exception as error:  # peft raises several types for bad files
-            raise BundleError(
-                f"{folder}: cannot load LoRA adapter ({type(error).__name__}: {error})"
-            ) from None
-    heads = load_heads(bundle.path(spec.heads_file), caps, manifest.backbone.hidden_size)
-    experts = CapabilityExperts(
-        model, heads, caps, spec.lora.layers, manifest.backbone.num_layers, manifest.backbone.pooling
-    )
-    experts.eval()
-    return experts, tokenizer
+def head_tensors(heads: dict[str, nn.Linear]) -> dict[str, torch.Tensor]:
+    """``<name>.weight`` / ``<name>.bias`` tensors, the layout :func:`load_heads` reads."""
+    out = {}
+    for name, head in heads.items():
+        out[f"{name}.weight"] = head.weight.detach().contiguous().clone()
+        out[f"{name}.bias"] = head.bias.detach().contiguous().clone()
+    return out
 
 
 class RewardModel(nn.Module):
@@ -405,42 +389,3 @@ class RewardModel(nn.Module):
     ) -> torch.Tensor:
         hidden = run_layers(self.backbone, self._layer_list, input_ids, attention_mask, start=trunk)
         return self.head(pool(hidden, attention_mask, self.pooling)).squeeze(-1)
-
-
-def load_task_backbone(bundle, task: str, dtype=None):
-    """(backbone, tokenizer) of one task: the bundle's backbone (in ``dtype`` when
-    given) with the task's phase-1 adapter merged into it when the bundle has one."""
-    from peft import PeftModel
-
-    from moerm.backbones import load_backbone
-    from moerm.errors import BundleError
-
-    spec = bundle.manifest.task(task)
-    backbone, tokenizer = load_backbone(bundle.manifest.backbone.ref, dtype)
-    if spec.base_lora is not None:
-        folder = bundle.path(spec.base_dir)
-        try:
-            backbone = PeftModel.from_pretrained(
-                backbone, str(folder), adapter_name="base"
-            ).merge_and_unload()
-        except Exception as error:
-            raise BundleError(
-                f"{folder}: cannot load the task base adapter ({type(error).__name__}: {error})"
-            ) from None
-    return backbone, tokenizer
-
-
-def load_task_base_model(bundle, task: str):
-    """(RewardModel, tokenizer): phase 1's task base reward model alone."""
-    from moerm.errors import BundleError
-
-    spec = bundle.manifest.task(task)
-    if spec.base_lora is None:
-        raise BundleError(f"{bundle.root}: task {task!r} has no base model (untrained bundle)")
-    backbone, tokenizer = load_task_backbone(bundle, task)
-    head = load_heads(bundle.path(spec.base_head_file), ["base"], bundle.manifest.backbone.hidden_size)[
-        "base"
-    ]
-    model = RewardModel(backbone, head, bundle.manifest.backbone.pooling)
-    model.eval()
-    return model, tokenizer

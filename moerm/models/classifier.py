@@ -1,9 +1,9 @@
 """The outer layer of DMoERM: prompt -> task, top-1 with a confidence.
 
-The prompt embedder (torch) runs on one worker thread behind a batcher, so the
-prompts of concurrent requests are embedded together (the worker takes whatever is
-queued when it is free); the classifier is a linear layer + softmax in numpy over
-the embeddings.
+A linear layer + softmax in numpy over prompt embeddings (:mod:`moerm.models.embed`,
+torch, loaded on first use). Blocking; the router runs the embedder on a thread of
+its own (``router_svc.contexts``). torch is imported by :meth:`TaskClassifier.load`, so
+that the offline tools that only need the weights, and the router's start-up, stay light.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moerm.batching import DynamicBatcher
 from moerm.bundle import Bundle, load_numpy
 from moerm.devices import Placement
 from moerm.errors import BundleError
@@ -61,9 +60,6 @@ class TaskClassifier:
         self.placement = placement or Placement("cpu", "float32", "default")
         self.threads = threads
         self._embedder = embedder
-        self._batcher = DynamicBatcher(
-            lambda texts: (self.embed(texts),), max_batch_size=256, max_delay_s=0.0, max_queue_items=1 << 30
-        )
 
     @property
     def embedding_id(self) -> str:
@@ -76,13 +72,9 @@ class TaskClassifier:
                 import torch
 
                 torch.set_num_threads(self.threads)
-            from moerm.embed import PromptEmbedder
+            from moerm.models.embed import PromptEmbedder
 
             self._embedder = PromptEmbedder(self.embedder_ref, self.max_tokens, placement=self.placement)
-
-    def start(self) -> None:
-        """Start embedding for :meth:`embed_prompts` (inside the event loop)."""
-        self._batcher.start()
 
     def probabilities(self, embeddings: np.ndarray) -> np.ndarray:
         """Shape: (N, E) -> (N, T), rows sum to 1."""
@@ -116,20 +108,3 @@ class TaskClassifier:
         Shape: N texts -> (N, T).
         """
         return self.probabilities(self.embed(texts))
-
-    async def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
-        """:meth:`embed` on the worker thread, together with other callers' prompts.
-        Shape: N -> (N, E)."""
-        if not prompts:
-            return np.zeros((0, self.weight.shape[1]), dtype=np.float32)
-        (vectors,) = await self._batcher.submit(list(prompts))
-        return vectors
-
-    async def route_prompts(self, prompts: Sequence[str]) -> list[Route]:
-        """One route per prompt; embeds on the worker thread, off the event loop."""
-        if not prompts:
-            return []
-        return self.routes(self.probabilities(await self.embed_prompts(prompts)))
-
-    async def close(self) -> None:
-        await self._batcher.stop()

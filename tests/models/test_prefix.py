@@ -1,4 +1,4 @@
-"""Shared-prefix scoring (moerm.prefix, CapabilityExperts.forward_shared) equals
+"""Shared-prefix scoring (moerm.models.prefix, CapabilityExperts.forward_shared) equals
 whole-sequence scoring: a conversation computed once, its keys and values reused by
 every response, gives each response the scores it gets alone."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from moerm.prefix import pass_inputs, plan
+from moerm.models.prefix import pass_inputs, plan
 from moerm.text import Turn, render
-from tests.moerm.test_experts import build_experts
+from tests.models.test_experts import build_experts
 
 ATOL = 1e-4  # float32
 

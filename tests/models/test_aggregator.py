@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from aggregator_svc.aggregator import Aggregator, TaskAggregator, features
 from moerm.bundle import Bundle, seal
 from moerm.errors import BundleError, InvalidArgument
+from moerm.models.aggregator import Aggregator, TaskAggregator, features
 
 D = 384  # MiniLM hidden size
 
@@ -91,7 +91,7 @@ def test_normalization_uses_norm_mean_and_std(aggregator: Aggregator, bundle: Bu
     code = dataclasses.replace(manifest.tasks["code"], norm_mean=1.5, norm_std=4.0)
     seal(root, dataclasses.replace(manifest, tasks={**manifest.tasks, "code": code}))
     shifted = Aggregator(Bundle.load(root))
-    np.testing.assert_allclose(shifted.tasks["code"].normalize(np.array([1.5, 5.5, -2.5])), [0.0, 1.0, -1.0])
+    np.testing.assert_allclose(shifted.tasks["code"].scaled(np.array([1.5, 5.5, -2.5])), [0.0, 1.0, -1.0])
 
     scores, hidden = inputs(3, 3)
     normalized, raw = shifted.rewards("code", code.capability_names, scores, hidden, "tasks[0]")

@@ -1,5 +1,5 @@
-"""TaskClassifier: the prompts of concurrent requests are embedded together, on the
-real MiniLM embedder, and come back to their callers unchanged."""
+"""PromptContexts: the prompts of concurrent requests are embedded together, on the real
+MiniLM embedder, and come back to their callers unchanged."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 
 from moerm.bundle import Bundle
-from moerm.embed import PromptEmbedder
-from router_svc.classifier import TaskClassifier
+from moerm.cache import ScoreCache
+from moerm.models.classifier import TaskClassifier
+from moerm.models.embed import PromptEmbedder
+from router_svc.contexts import PromptContexts
 
 
 class CountingEmbedder(PromptEmbedder):
@@ -27,25 +29,18 @@ class CountingEmbedder(PromptEmbedder):
 
 async def test_concurrent_prompts_are_embedded_in_few_calls(minilm_bundle: Path) -> None:
     embedder = CountingEmbedder()
-    classifier = TaskClassifier(Bundle.load(minilm_bundle), embedder)
-    classifier.load()
-    classifier.start()
+    bundle = Bundle.load(minilm_bundle)
+    classifier = TaskClassifier(bundle, embedder)
+    contexts = PromptContexts(classifier, ScoreCache(None), bundle.version)
+    contexts.start()
     prompts = [f"user: question number {i} about sorting lists in Python" for i in range(20)]
     prompts[7] = prompts[3]  # two callers with the same prompt
     try:
-        vectors = await asyncio.gather(*(classifier.embed_prompts([p]) for p in prompts))
+        vectors = await asyncio.gather(*(contexts.embed_prompts([p]) for p in prompts))
     finally:
-        await classifier.close()
+        await contexts.close()
     assert len(embedder.calls) < 5, embedder.calls
     assert sum(embedder.calls) == 19  # the shared prompt once; every caller gets its own row
     alone = PromptEmbedder("minilm").embed(prompts)
     np.testing.assert_allclose(np.concatenate(vectors), alone, atol=1e-5)
     np.testing.assert_array_equal(vectors[7], vectors[3])
-
-
-def test_embeddings_do_not_depend_on_batch_order_or_padding() -> None:
-    embedder = PromptEmbedder("minilm")
-    texts = ["a short one", "a much longer prompt " * 30, "medium length prompt here " * 5]
-    together = embedder.embed(texts)
-    for i, text in enumerate(texts):
-        np.testing.assert_allclose(embedder.embed([text])[0], together[i], atol=1e-5)
