@@ -5,13 +5,14 @@ of ``batch_size``, as the router sees them: each policy chooses an arm for every
 round with its current state, then gets the round's feedback and updates. Raw feedback is
 ``correct[n, arm] + noise * eps[n, arm]`` with eps standard normal, drawn once per (item,
 arm) so that every policy faces the same noise; it goes through a
-:class:`~moerm.routing.normalize.FeedbackNormalizer` (one per policy) like the service's.
+:class:`~moerm.routing.feedback.FeedbackNormalizer` (one per policy) like the service's.
 
 Regret of a choice = oracle - correct[n, arm], oracle = 1 if any arm is right on item n
 (the best arm per context), accumulated over the items in replay order.
 
-Policies: ``linucb``; ``thompson`` (zero prior mean); ``thompson_prior`` (prior mean from an
-offline router trained on a disjoint part of the items); ``random`` (uniform); ``fixed:<arm>``.
+Policies: every bandit of the policy table (``linucb``, ``thompson`` with a zero prior mean,
+and any registered later); ``thompson_prior`` (prior mean from an offline router trained on a
+disjoint part of the items); ``random`` (uniform); ``fixed:<arm>``.
 """
 
 from __future__ import annotations
@@ -21,11 +22,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
-from moerm.routing.bandits import LinUCB, Thompson
-from moerm.routing.normalize import FeedbackNormalizer
-from moerm.routing.prior import PRIOR_SCALE, OfflineRouter, train_offline_router
+from moerm.evaluate.routing.prior import train_offline_router
+from moerm.routing import policies
+from moerm.routing.bandits import Thompson
+from moerm.routing.feedback import FeedbackNormalizer
+from moerm.routing.policies import Hyperparameters
+from moerm.routing.prior import PRIOR_SCALE, OfflineRouter
 
 
 class Policy(Protocol):
@@ -104,16 +110,17 @@ def make_policies(
     prior: OfflineRouter | None = None,
     prior_scale: float = PRIOR_SCALE,
 ) -> dict[str, Policy]:
-    """Fresh policies by name: the bandits, thompson_prior when ``prior`` is given, random, fixed arms."""
-    policies: dict[str, Policy] = {
-        "linucb": LinUCB(arms, dim, alpha=alpha, lam=lam),
-        "thompson": Thompson(arms, dim, lam0=lam0),
+    """Fresh policies by name: every bandit of the policy table (:mod:`moerm.routing.policies`),
+    thompson_prior when ``prior`` is given, random, fixed arms."""
+    hyper = Hyperparameters(alpha=alpha, lam=lam, lam0=lam0)
+    out: dict[str, Policy] = {
+        name: policies.policy(name).build(arms, dim, hyper) for name in policies.names(policies.BANDIT)
     }
     if prior is not None:
-        policies["thompson_prior"] = Thompson(arms, dim, lam0=lam0, prior_mean=prior.prior_mean(prior_scale))
-    policies["random"] = UniformRandom(len(arms))
-    policies.update({f"fixed:{name}": FixedArm(k) for k, name in enumerate(arms)})
-    return policies
+        out["thompson_prior"] = Thompson(arms, dim, lam0=lam0, prior_mean=prior.prior_mean(prior_scale))
+    out["random"] = UniformRandom(len(arms))
+    out.update({f"fixed:{name}": FixedArm(k) for k, name in enumerate(arms)})
+    return out
 
 
 @dataclass
@@ -196,10 +203,8 @@ def simulate(
 
 def plot_regret(result: SimulationResult, path: str | Path, *, title: str = "routing policies") -> Path:
     """Cumulative regret against items seen, one line per policy; writes a PNG."""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     path = Path(path)
     fig, ax = plt.subplots(figsize=(7, 4.5))

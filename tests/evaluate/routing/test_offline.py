@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from moerm.evaluate.metrics import wilson_interval
-from moerm.routing.offline import fixed_rows, routing_accuracy, split_rows
+from moerm.evaluate.routing.offline import fixed_rows, routing_accuracy, split_rows
 from moerm.routing.prior import OfflineRouter
 from tests.routing.toys import two_arm_toy
 

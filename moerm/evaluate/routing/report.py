@@ -1,14 +1,14 @@
 """The routing tier's report: offline accuracy, online regret and cost of every policy.
 
-Inputs are two :class:`~moerm.routing.pool_scores.PoolScores` of held-out labelled pairs:
+Inputs are two :class:`~moerm.evaluate.routing.pool_scores.PoolScores` of held-out labelled pairs:
 the *validation* pairs trained the offline router (the Thompson prior) and the *test* pairs
 are measured here. Three parts:
 
 1. offline routing accuracy: on all test pairs, the rows that need no online learning (each
    arm, random, majority, oracle, the ``task`` policy's classifier route, the offline router's
-   argmax); on the held-out half of :func:`moerm.routing.offline.routing_accuracy`, the same
+   argmax); on the held-out half of :func:`moerm.evaluate.routing.offline.routing_accuracy`, the same
    rows and the bandits, which learn online from gold 0/1 feedback on the other half;
-2. online simulation (:func:`moerm.routing.simulate.simulate`) of the test pairs, once per
+2. online simulation (:func:`moerm.evaluate.routing.simulate.simulate`) of the test pairs, once per
    seed (the seed shuffles the replay order and draws the feedback noise and the policies'
    random numbers), plus the ``task`` policy's regret on the same order;
 3. cost: reward-model calls per item per policy, and the measured scoring seconds.
@@ -23,14 +23,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from moerm.evaluate.metrics import Accuracy
-from moerm.routing.offline import OfflineRouting, fixed_rows, routing_accuracy
+from moerm.evaluate.routing.offline import OfflineRouting, fixed_rows, routing_accuracy
+from moerm.evaluate.routing.pool_scores import PoolScores
+from moerm.evaluate.routing.simulate import SimulationResult, simulate
 from moerm.routing.pool import dmoerm_name
-from moerm.routing.pool_scores import PoolScores
 from moerm.routing.prior import OfflineRouter
-from moerm.routing.simulate import SimulationResult, simulate
 
 SEEDS = (0, 1, 2)
 ONE_CALL = ("task", "linucb", "thompson", "thompson_prior", "random")
@@ -299,12 +301,10 @@ def markdown(evaluation: RoutingEvaluation, header: str) -> str:
 def plot_policies(evaluation: RoutingEvaluation, path: str | Path) -> Path:
     """Mean cumulative regret over the seeds against items seen: one coloured line per
     learning policy, ``task`` and ``random``; the fixed arms as thin grey lines, the best
-    of them (lowest final regret) in black. (:func:`moerm.routing.simulate.plot_regret`
+    of them (lowest final regret) in black. (:func:`moerm.evaluate.routing.simulate.plot_regret`
     gives every fixed arm its own colour, which repeats beyond ten lines.)"""
-    import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     mean = evaluation.mean_simulation()
     seeds = ", ".join(str(s) for s in evaluation.simulations)

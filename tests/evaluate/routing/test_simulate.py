@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from moerm.routing.normalize import FeedbackNormalizer
-from moerm.routing.simulate import plot_regret, simulate
+from moerm.evaluate.routing.simulate import plot_regret, simulate
+from moerm.routing.feedback import FeedbackNormalizer
 from tests.routing.toys import two_arm_toy
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from moerm.routing.normalize import FeedbackNormalizer
+from moerm.routing.feedback import FeedbackNormalizer
 
 
 def with_history(values, **params) -> FeedbackNormalizer:

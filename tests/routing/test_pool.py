@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from moerm.bundle import BackboneSpec, Capability, LoraSpec, Manifest, RouterSpec, TaskSpec
-from moerm.routing.pool import BASE, DMOERM, EXTERNAL, Normalization, RewardModelPool, build_pool
+from moerm.routing.pool import BASE, DMOERM, EXTERNAL, RewardModelPool, RewardScale, build_pool
 from router_svc.config import RouterConfig
 
 LORA = LoraSpec(r=4, alpha=8, target_modules=("query", "value"), layers=(4, 5))
@@ -42,8 +42,8 @@ def test_untrained_bundle_offers_only_its_expert_sets() -> None:
     assert [spec.kind for spec in pool] == [DMOERM, DMOERM]
     assert [spec.task for spec in pool] == ["code", "writing"]
     # The aggregator already applies TaskSpec.norm_mean/std: the pool adds nothing.
-    assert pool["dmoerm:code"].norm == Normalization(0.0, 1.0, "aggregator")
-    assert pool["dmoerm:code"].normalize(np.array([2.0])).tolist() == [2.0]
+    assert pool["dmoerm:code"].scale == RewardScale(0.0, 1.0, "aggregator")
+    assert pool["dmoerm:code"].scaled(np.array([2.0])).tolist() == [2.0]
 
 
 def test_base_members_only_for_tasks_with_a_base_model() -> None:
@@ -77,9 +77,9 @@ def test_configured_normalizations() -> None:
         externals={"ext": "h:1"},
         norms={"base:code": (0.5, 2.0), "ext": (-1.0, 4.0)},
     )
-    assert pool["base:code"].norm == Normalization(0.5, 2.0, "config")
-    assert pool["base:code"].normalize(np.array([0.5, 2.5, -3.5])).tolist() == [0.0, 1.0, -2.0]
-    assert pool["ext"].normalize(np.array([3.0])).tolist() == [1.0]
+    assert pool["base:code"].scale == RewardScale(0.5, 2.0, "config")
+    assert pool["base:code"].scaled(np.array([0.5, 2.5, -3.5])).tolist() == [0.0, 1.0, -2.0]
+    assert pool["ext"].scaled(np.array([3.0])).tolist() == [1.0]
 
 
 @pytest.mark.parametrize(
@@ -109,13 +109,13 @@ def test_duplicate_names_are_rejected() -> None:
 
 def test_describing_an_external() -> None:
     pool = build_pool(manifest(), externals={"a": "h:1", "b": "h:2"}, norms={"b": (1.0, 2.0)})
-    declared = Normalization(10.0, 5.0, "describe")
-    pool = pool.described("a", task="writing", version="v9", norm=declared)
-    pool = pool.described("b", task="code", version="", norm=declared)
+    declared = RewardScale(10.0, 5.0, "describe")
+    pool = pool.described("a", task="writing", version="v9", scale=declared)
+    pool = pool.described("b", task="code", version="", scale=declared)
     assert pool.names == ("dmoerm:code", "dmoerm:writing", "a", "b")
-    assert (pool["a"].task, pool["a"].norm) == ("writing", declared)
+    assert (pool["a"].task, pool["a"].scale) == ("writing", declared)
     # A normalization from the router's config wins over the external's own.
-    assert (pool["b"].task, pool["b"].norm) == ("code", Normalization(1.0, 2.0, "config"))
+    assert (pool["b"].task, pool["b"].scale) == ("code", RewardScale(1.0, 2.0, "config"))
     # Cache identity follows the external's version (else its address).
     assert pool["a"].cache_id == "a@v9" and pool["b"].cache_id == "b@h:2"
     assert pool["dmoerm:code"].cache_id == "dmoerm:code"
@@ -134,7 +134,7 @@ def test_router_flags_feed_the_pool() -> None:
     assert config.external_endpoints == {"rm1": "h:5", "rm2": "dns:///rm2.ns.svc:50051"}
     assert config.norms == {"rm1": (0.5, 2.0), "base:code": (-1e-3, 0.25)}
     pool = build_pool(manifest(trained=("code",)), externals=config.external_endpoints, norms=config.norms)
-    assert pool["rm1"].norm.mean == 0.5 and pool["base:code"].norm.std == 0.25
+    assert pool["rm1"].scale.mean == 0.5 and pool["base:code"].scale.std == 0.25
 
 
 @pytest.mark.parametrize(

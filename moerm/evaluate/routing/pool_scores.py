@@ -30,8 +30,12 @@ import numpy as np
 from moerm.bundle import Bundle
 from moerm.data.records import PreferencePair
 from moerm.evaluate.systems import bundle_trunk_depth, single_margins, task_margins
+from moerm.models.classifier import TaskClassifier
 from moerm.routing.pool import BASE, DMOERM, build_pool
 from moerm.text import render_conversation
+from moerm.train.recipe import load_reward_model
+from moerm.train.settings import Comparison
+from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 log = logging.getLogger(__name__)
 
@@ -148,7 +152,6 @@ def embed_conversations(classifier, pairs: Sequence[PreferencePair]) -> np.ndarr
 
 def _trunk(bundle: Bundle, single, max_length: int):
     """One trunk cache for every model scored (None when some model adapts layer 0)."""
-    from moerm.train.trunk import TrunkCache
 
     depth = bundle_trunk_depth(bundle)
     if single is not None:
@@ -172,10 +175,9 @@ def score_pool(
         max_length: tokens per response with its context, as in ``moerm evaluate``.
         single: (RewardModel, tokenizer, lowest adapted layer) of the one-model baseline
             (:func:`load_single`) on the bundle's backbone, scored as arm ``single``; or None.
-        classifier: the bundle's :class:`router_svc.classifier.TaskClassifier` (made here
+        classifier: the bundle's :class:`moerm.models.classifier.TaskClassifier` (made here
             when None).
     """
-    from router_svc.classifier import TaskClassifier
 
     pairs = [p for p in pairs if not p.tie]
     arms = pool_arms(bundle, with_single=single is not None)
@@ -220,8 +222,6 @@ def arm_margins(
 ) -> np.ndarray:
     """Margin of every arm on every pair, through one trunk cache; wall times go to
     ``seconds``. Shape: N non-tie pairs -> (N, K) float64."""
-    from moerm.train.settings import Comparison
-    from moerm.train.trunk import TrunkPairEncoder
 
     pool = build_pool(bundle.manifest)
     column = {name: k for k, name in enumerate(arms)}
@@ -279,7 +279,6 @@ def load_single(work: str | Path, bundle: Bundle):
     one-model baseline (``WORK/baselines/single/base``, as ``Recipe.load_single``
     reads it; the backbone comes from ``WORK/run.json``). Raises ValueError when it
     is missing or was trained on another backbone than the bundle's."""
-    from moerm.train.recipe import load_reward_model
 
     work = Path(work)
     folder = work / "baselines" / "single" / "base"

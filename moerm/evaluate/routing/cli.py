@@ -1,12 +1,13 @@
 """``moerm route-prior`` and ``moerm route-eval``: the routing tier on held-out labelled pairs.
 
 Both score the pairs of a recipe run's split manifest that its reward models never trained on
-with every in-bundle member of the pool (:mod:`moerm.routing.pool_scores`, cached under
+with every in-bundle member of the pool (:mod:`moerm.evaluate.routing.pool_scores`, cached under
 ``--work``): the *validation* split trains the offline router that is Thompson's prior
 (``WORK/prior.safetensors``, the file ``router_svc --thompson-prior`` reads); ``route-eval``
-then measures every routing policy on the *test* split (:mod:`moerm.routing.report`).
+then measures every routing policy on the *test* split (:mod:`moerm.evaluate.routing.report`).
 
-:func:`add_routing_commands` adds both to the ``moerm`` parser's subparsers.
+:func:`add_routing_commands` adds both to the ``moerm`` parser's subparsers; the scoring
+and training modules (torch) are imported when a command runs.
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def load_splits(args: argparse.Namespace) -> LabelledSplits:
 
 def score_split(args: argparse.Namespace, bundle, name: str, pairs: Sequence[PreferencePair], classifier):
     """Pool scores of one split, cached as WORK/<name>-scores.npz."""
-    from moerm.routing.pool_scores import load_or_score
+    from moerm.evaluate.routing.pool_scores import load_or_score
 
     print(
         f"scoring {sum(not p.tie for p in pairs)} {name} pairs with every reward model ...", file=sys.stderr
@@ -184,7 +185,7 @@ def score_split(args: argparse.Namespace, bundle, name: str, pairs: Sequence[Pre
 
 def train_prior(args: argparse.Namespace, validation):
     """The offline router on the validation scores, saved as WORK/prior.safetensors."""
-    from moerm.routing.prior import train_offline_router
+    from moerm.evaluate.routing.prior import train_offline_router
 
     if not len(validation):
         raise ValueError("no non-tie validation pairs to train the offline router on")
@@ -203,7 +204,7 @@ def train_prior(args: argparse.Namespace, validation):
 
 def _prepare(args: argparse.Namespace):
     from moerm.bundle import Bundle
-    from router_svc.classifier import TaskClassifier
+    from moerm.models.classifier import TaskClassifier
 
     logging.getLogger("moerm.routing").setLevel(logging.INFO)  # scoring progress, per task
     bundle = Bundle.load(args.bundle)
@@ -291,7 +292,7 @@ def header(args: argparse.Namespace, bundle, splits: LabelledSplits, arms: Seque
 
 
 def cmd_route_eval(args: argparse.Namespace) -> int:
-    from moerm.routing.report import evaluate_routing, write_report
+    from moerm.evaluate.routing.report import evaluate_routing, write_report
 
     try:
         bundle, splits, classifier = _prepare(args)

@@ -12,7 +12,7 @@ measured on the test part, with n and a 95% Wilson interval:
 - ``oracle``: right when any arm is right (the upper bound of any router);
 - ``offline_router``: argmax of the offline router trained on the train part;
 - ``linucb``, ``thompson``, ``thompson_prior``: the bandits trained online on the train part
-  (:func:`moerm.routing.simulate.replay`, 0/1 feedback through the normalizer), then frozen;
+  (:func:`moerm.evaluate.routing.simulate.replay`, 0/1 feedback through the normalizer), then frozen;
   their choice on each test item (Thompson's is one posterior sample, seeded).
 """
 
@@ -24,11 +24,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from moerm.evaluate.metrics import Accuracy
-from moerm.routing.normalize import FeedbackNormalizer
-from moerm.routing.prior import PRIOR_SCALE, OfflineRouter, train_offline_router
-from moerm.routing.simulate import check_labels, make_policies, replay
-
-BANDITS = ("linucb", "thompson", "thompson_prior")
+from moerm.evaluate.routing.prior import train_offline_router
+from moerm.evaluate.routing.simulate import check_labels, make_policies, replay
+from moerm.routing.feedback import FeedbackNormalizer
+from moerm.routing.prior import PRIOR_SCALE, OfflineRouter
 
 
 @dataclass
@@ -103,7 +102,7 @@ def routing_accuracy(
     policies = make_policies(
         arms, X.shape[1], alpha=alpha, lam=lam, lam0=lam0, prior=router, prior_scale=prior_scale
     )
-    for i, name in enumerate(BANDITS):
+    for i, name in enumerate((*policies.names(policies.BANDIT), "thompson_prior")):
         rng = np.random.default_rng([seed, i])
         policy = policies[name]
         replay(

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-from moerm.routing.prior import OfflineRouter, balanced_pair_weights, ranked_pairs, train_offline_router
+from moerm.evaluate.routing.prior import balanced_pair_weights, ranked_pairs, train_offline_router
+from moerm.routing.prior import OfflineRouter
 from tests.routing.toys import two_arm_toy
 
 

@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 
 from moerm.cli import main
+from moerm.evaluate.routing.pool_scores import PoolScores, load_or_score, load_single, pool_arms, score_pool
+from moerm.evaluate.routing.prior import train_offline_router
+from moerm.evaluate.routing.report import evaluate_routing, simulate_seed, task_choices
 from moerm.routing.pool import build_pool
-from moerm.routing.pool_scores import PoolScores, load_or_score, load_single, pool_arms, score_pool
-from moerm.routing.prior import OfflineRouter, train_offline_router
-from moerm.routing.report import evaluate_routing, simulate_seed, task_choices
+from moerm.routing.prior import OfflineRouter
 from tests.routing.toys import two_arm_toy
 
 PER_TASK = 12
@@ -64,8 +65,8 @@ def test_pool_scores_agree_with_each_model_scored_alone(run):
     from dataclasses import replace
 
     from moerm.evaluate.systems import route, single_margins, task_margins
+    from moerm.models.classifier import TaskClassifier
     from moerm.text import render_conversation
-    from router_svc.classifier import TaskClassifier
 
     work, bundle, prepared = run
     pairs = [p for p in prepared.test if p.task in ("code", "writing")][::5]
@@ -100,7 +101,7 @@ def test_pool_scores_agree_with_each_model_scored_alone(run):
 
 
 def test_pool_scores_are_cached_and_rescored_when_the_pairs_change(run, tmp_path, monkeypatch):
-    import moerm.routing.pool_scores as pool_scores
+    import moerm.evaluate.routing.pool_scores as pool_scores
 
     _, bundle, prepared = run
     pairs = prepared.test[:6]
