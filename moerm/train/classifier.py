@@ -28,7 +28,7 @@ class RouterResult:
     history: dict = field(default_factory=dict)
 
 
-def train_router(
+def train_classifier(
     train_x: np.ndarray,
     train_y: np.ndarray,
     val_x: np.ndarray,
