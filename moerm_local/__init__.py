@@ -13,6 +13,14 @@ from collections.abc import Coroutine, Mapping
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from aggregator_svc.app import build_aggregator
+from aggregator_svc.config import AggregatorConfig
+from expert_svc.app import build_expert
+from expert_svc.config import ExpertConfig
+from moerm.bundle import Bundle
+from router_svc.app import build_router
+from router_svc.config import RouterConfig
+
 if TYPE_CHECKING:
     from expert_svc.config import ExpertConfig
     from router_svc.app import RouterApp
@@ -66,13 +74,6 @@ class LocalCluster:
         return self
 
     async def _start(self) -> None:
-        from aggregator_svc.app import build_aggregator
-        from aggregator_svc.config import AggregatorConfig
-        from expert_svc.app import build_expert
-        from expert_svc.config import ExpertConfig
-        from moerm.bundle import Bundle
-        from router_svc.config import RouterConfig
-
         bundle = Bundle.load(self.bundle_dir)
         self.aggregator = build_aggregator(AggregatorConfig(bundle=self.bundle_dir))
         await self.aggregator.start()
@@ -96,8 +97,6 @@ class LocalCluster:
         self.router = await self._start_router()
 
     async def _start_router(self) -> RouterApp:
-        from router_svc.app import build_router
-
         app = build_router(self.router_config)
         await app.start()
         return app
