@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from aggregator_svc.aggregator import Aggregator
 from aggregator_svc.config import AggregatorConfig
 from aggregator_svc.servicer import AggregatorServicer
 from moerm.bundle import Bundle
+from moerm.models.aggregator import Aggregator
 from moerm.server import Server, create_server
 from moerm.v1 import aggregator_pb2, aggregator_pb2_grpc
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aggregator_svc.aggregator import Aggregator
+from moerm.models.aggregator import Aggregator
 from moerm.tensors import from_proto
 from moerm.v1 import aggregator_pb2, aggregator_pb2_grpc
 

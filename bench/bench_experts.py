@@ -4,18 +4,18 @@ Measures, in one run and on one fixed batch, the wall time of
 
 1. one plain forward pass of the bare backbone (no adapters): the 1.0 reference;
 2. K sequential full passes, one ``set_adapter`` each
-   (:meth:`moerm.experts.CapabilityExperts.forward_sequential`);
+   (:meth:`moerm.models.experts.CapabilityExperts.forward_sequential`);
 3. one peft mixed-adapter batch: the batch replicated K times, run once with
    ``adapter_names=[cap_0]*B + ... + [cap_K-1]*B`` (peft's mixed adapter batch
    inference; LoRA on ``nn.Linear`` in eval mode, so it applies to both
    configurations below);
-4. :meth:`moerm.experts.CapabilityExperts.forward`: the layers below the lowest
+4. :meth:`moerm.models.experts.CapabilityExperts.forward`: the layers below the lowest
    LoRA layer once (the shared trunk), then only the adapted top layers once
    per expert. With LoRA on every layer it *is* method 2 (same code path), so
    it is not timed again there.
 
 for two LoRA configurations (rank ``--rank`` on the query / value projections,
-``moerm.bundle_build.TARGET_MODULES``): (a) LoRA on all layers, (b) LoRA on
+``moerm.models.backbones.FAMILIES``): (a) LoRA on all layers, (b) LoRA on
 the top quarter of the layers (``top_layers(n, 0.25)``, the bundle default).
 
 Each method is timed ``--repeats`` times, round-robin across the methods of a
@@ -174,8 +174,8 @@ class Config:
         from peft import LoraConfig, get_peft_model
         from peft.tuners.lora import LoraLayer
 
-        from moerm.bundle_build import TARGET_MODULES
-        from moerm.experts import CapabilityExperts, find_layer_list
+        from moerm.models.backbones import family as known_family
+        from moerm.models.experts import CapabilityExperts, find_layer_list
 
         self.name = name
         self.layers = layers
@@ -184,7 +184,7 @@ class Config:
             r=rank,
             lora_alpha=2 * rank,
             lora_dropout=0.0,
-            target_modules=list(TARGET_MODULES[family]),
+            target_modules=list(known_family(family).lora_targets),
             layers_to_transform=list(layers),
             # Without a pattern peft only finds layer indices behind a dotted prefix ("encoder.layer.3.");
             # a bare LlamaModel's keys start with "layers.3.", so name the layer list explicitly.
@@ -197,7 +197,7 @@ class Config:
         # Every adapter must sit on exactly the requested layers' target modules.
         for cap in caps:
             wrapped = [m for m in self.peft_model.modules() if isinstance(m, LoraLayer) and cap in m.lora_A]
-            expected = len(layers) * len(TARGET_MODULES[family])
+            expected = len(layers) * len(known_family(family).lora_targets)
             if len(wrapped) != expected:
                 raise RuntimeError(f"adapter {cap!r}: LoRA on {len(wrapped)} modules, expected {expected}")
         self.lora_modules = expected
@@ -214,7 +214,7 @@ class Config:
 
     def mixed(self, input_ids, attention_mask) -> tuple[torch.Tensor, torch.Tensor]:
         """Method 3: one peft call on the batch replicated K times, one adapter per block."""
-        from moerm.experts import pool
+        from moerm.models.experts import pool
 
         k, b = len(self.caps), input_ids.shape[0]
         names = [cap for cap in self.caps for _ in range(b)]
@@ -241,7 +241,7 @@ def summarize(samples: list[float]) -> dict:
 
 
 def run_config(config: Config, reference: nn.Module, inputs, args, device) -> dict:
-    from moerm.experts import pool
+    from moerm.models.experts import pool
 
     input_ids, attention_mask = inputs
     experts = config.experts
@@ -390,8 +390,9 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     torch.manual_seed(args.seed)
 
-    from moerm.backbones import describe, load_backbone
-    from moerm.bundle_build import DEMO_TASKS, TARGET_MODULES, top_layers
+    from moerm.bundle_build import DEMO_TASKS, top_layers
+    from moerm.models.backbones import FAMILIES, describe, load_backbone
+    from moerm.models.backbones import family as known_family
 
     source = str(args.backbone_dir) if args.backbone_dir else args.backbone
     info = describe(source)
@@ -406,7 +407,7 @@ def main(argv=None) -> int:
         base, tokenizer = load_backbone(source)
     base.to(dtype=getattr(torch, args.dtype))
     family = base.config.model_type
-    if family not in TARGET_MODULES:
+    if not any(family in f.model_types for f in FAMILIES):
         raise SystemExit(f"no LoRA target modules known for model type {family!r}")
     caps = [c.name for c in DEMO_TASKS["code"][1]][: args.k]
     caps += [f"cap{i}" for i in range(len(caps), args.k)]
@@ -418,7 +419,7 @@ def main(argv=None) -> int:
     machine = machine_line(device)
     header = [
         f"## experts benchmark: {args.backbone} ({family}, {n} layers, d={info['hidden_size']}, "
-        f"pooling {info['pooling']}), K={args.k}, LoRA r={args.rank} on {'/'.join(TARGET_MODULES[family])}, "
+        f"pooling {info['pooling']}), K={args.k}, LoRA r={args.rank} on {'/'.join(known_family(family).lora_targets)}, "
         f"batch {args.batch} x {args.seq_len} tokens, {args.device}, {args.dtype}"
         + (" (random weights from the backbone's config)" if args.random_weights else ""),
         "",

@@ -27,10 +27,10 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from aggregator_svc.aggregator import Aggregator  # noqa: E402
 from expert_svc.scorer import ExpertInput, ExpertScorer  # noqa: E402
 from moerm.bundle import Bundle  # noqa: E402
 from moerm.evaluate.metrics import wilson_interval  # noqa: E402
+from moerm.models.aggregator import Aggregator  # noqa: E402
 
 
 def test_pairs(bundle: Bundle, limit: int | None):

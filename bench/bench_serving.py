@@ -363,7 +363,7 @@ def embedder_rate(bundle, workload: Workload, repeats: int = 3) -> float:
     import torch
 
     from moerm.devices import resolve
-    from moerm.embed import PromptEmbedder
+    from moerm.models.embed import PromptEmbedder
     from moerm.text import Turn, normalize, render_conversation
 
     spec = bundle.manifest.router
@@ -602,9 +602,9 @@ def main() -> None:
         )
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-    from moerm.backbones import cache_dir
     from moerm.bundle import Bundle
     from moerm.launcher import ProcessCluster
+    from moerm.models.backbones import cache_dir
 
     load = os.getloadavg()[0]
     if load > 0.5:
@@ -657,7 +657,7 @@ def main() -> None:
         }
         from transformers import AutoTokenizer
 
-        from moerm.backbones import resolve
+        from moerm.models.backbones import resolve
 
         texts = Texts(AutoTokenizer.from_pretrained(str(resolve(args.backbone))))
         if not args.no_in_process:

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import torch
 
-from moerm.backbones import describe
 from moerm.bundle_build import top_layers
+from moerm.models.backbones import describe
 from moerm.train.loop import TrainSettings
 from moerm.train.phase1 import train_base_model
 from moerm.train.recipe import comparisons

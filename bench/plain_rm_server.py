@@ -31,7 +31,7 @@ class PlainRewardModel:
     def __init__(self, backbone: str, dtype: str, max_length: int, seed: int = 0, device: str = "cpu"):
         import torch
 
-        from moerm.backbones import load_backbone
+        from moerm.models.backbones import load_backbone
 
         self.torch = torch
         self.model, self.tokenizer = load_backbone(backbone)

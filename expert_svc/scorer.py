@@ -8,7 +8,7 @@ math allows:
   adapted layers, not a second whole pass);
 - on decoder backbones, items of one conversation (a GRPO group, best-of-n, a
   prompt repeated across concurrent requests) compute their shared token prefix once
-  and attend to its keys and values (:mod:`moerm.prefix`); encoders, which attend in
+  and attend to its keys and values (:mod:`moerm.models.prefix`); encoders, which attend in
   both directions, keep whole sequences;
 - a batch runs in chunks of at most ``max_batch_tokens`` padded tokens, items of
   similar length together.
@@ -22,9 +22,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
 from moerm.bundle import Bundle
 from moerm.devices import Placement, resolve
+from moerm.models.experts import RewardModel, load_heads
+from moerm.models.loading import load_task_experts
+from moerm.models.prefix import pad, plan
 from moerm.text import Turn, render
 
 log = logging.getLogger(__name__)
@@ -107,10 +111,6 @@ class ExpertScorer:
         return self.prefix_sharing and self.decoder
 
     def load(self) -> None:
-        import torch
-
-        from moerm.experts import RewardModel, load_heads, load_task_experts
-
         if self.torch_threads:
             torch.set_num_threads(self.torch_threads)
         try:
@@ -170,8 +170,6 @@ class ExpertScorer:
         return self._plan(items).item_costs()
 
     def _plan(self, items: Sequence[PreparedItem]):
-        from moerm.prefix import plan
-
         if self.shares_prefixes:
             groups = [(item.conversation, item.experts, item.base) for item in items]
             return plan([item.ids for item in items], groups, self.min_shared_prefix)
@@ -183,7 +181,6 @@ class ExpertScorer:
         Rows of items that did not ask for the experts (or the base model) are NaN.
         Identical items are computed once.
         """
-        import torch
 
         k, d = len(self.capabilities), self.bundle.manifest.backbone.hidden_size
         scores = np.full((len(items), k), np.nan, dtype=np.float32)
@@ -228,11 +225,9 @@ class ExpertScorer:
 
     def _run_whole(self, plan, experts: bool, head):
         """Whole sequences (encoders: no shared prefixes)."""
-        from moerm.prefix import pad
 
         ids, lengths = pad(plan.suffixes, self.tokenizer.pad_token_id)
         mask = (np.arange(ids.shape[1])[None, :] < lengths.numpy()[:, None]).astype(np.int64)
-        import torch
 
         device = self.experts.device
         ids, mask = ids.to(device), torch.from_numpy(mask).to(device)

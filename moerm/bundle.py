@@ -11,7 +11,7 @@ Layout (all weights are safetensors; no pickle anywhere)::
     tasks/<task>/aggregator.safetensors  the task's MLP (see aggregator_svc)
 
 The backbone itself is referenced, not copied (``backbone.ref``: a packaged
-backbone name or a local directory; see :mod:`moerm.backbones`).
+backbone name or a local directory; see :mod:`moerm.models.backbones`).
 
 This module reads and checks manifests and files; it imports no torch so the
 router and aggregator can use it. Building bundles lives in
@@ -30,6 +30,9 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+from safetensors import SafetensorError
+from safetensors.numpy import load_file
 
 from moerm.errors import BundleError
 
@@ -331,8 +334,6 @@ def staged(out: str | Path) -> Iterator[Path]:
 
 def load_numpy(bundle: Bundle, relative: str) -> dict[str, Any]:
     """Tensors of one safetensors file as numpy arrays (no torch needed)."""
-    from safetensors import SafetensorError
-    from safetensors.numpy import load_file
 
     path = bundle.path(relative)
     try:

@@ -1,6 +1,9 @@
 """Create a bundle from a backbone and a task / capability list, with freshly
 initialized adapters, heads, aggregator MLPs and a zero-shot router
 classifier. Training (a later phase) replaces these weights.
+
+The task definitions and :func:`top_layers` are plain Python (the recipe and the command
+line read them); the model stack is imported by the functions that build weights.
 """
 
 from __future__ import annotations
@@ -14,23 +17,20 @@ from pathlib import Path
 
 import numpy as np
 
-from moerm.backbones import MINILM, describe
 from moerm.bundle import (
     BackboneSpec,
     Bundle,
     Capability,
-    LoraSpec,
     Manifest,
     RouterSpec,
     TaskSpec,
     seal,
     staged,
 )
+from moerm.models.backbones import MINILM, describe
 
 log = logging.getLogger(__name__)
 
-# LoRA target modules per backbone family (query and value projections).
-TARGET_MODULES = {"bert": ("query", "value"), "llama": ("q_proj", "v_proj")}
 
 # Tasks of the demo bundle: name -> (description for zero-shot routing, capabilities).
 DEMO_TASKS: dict[str, tuple[str, tuple[Capability, ...]]] = {
@@ -129,10 +129,11 @@ def create_bundle(
     embedding of its description.
     """
     import torch
-    from peft import LoraConfig, get_peft_model
+    from peft import get_peft_model
 
-    from moerm.backbones import load_backbone
-    from moerm.embed import PromptEmbedder
+    from moerm.models.backbones import load_backbone
+    from moerm.models.embed import PromptEmbedder
+    from moerm.models.lora import lora_config, lora_spec
 
     out = Path(out)
     if not tasks:
@@ -143,21 +144,10 @@ def create_bundle(
     rng = np.random.default_rng(seed)
     with staged(out) as staging:
         base, _ = load_backbone(backbone)
-        family = base.config.model_type
-        if family not in TARGET_MODULES:
-            raise ValueError(f"no LoRA target modules known for model type {family!r}")
-        lora = LoraSpec(r=lora_r, alpha=lora_alpha, target_modules=TARGET_MODULES[family], layers=layers)
+        lora = lora_spec(base, lora_r, layers, alpha=lora_alpha)
         specs = {}
         for task in tasks:
-            config = LoraConfig(
-                r=lora.r,
-                lora_alpha=lora.alpha,
-                lora_dropout=lora.dropout,
-                target_modules=list(lora.target_modules),
-                layers_to_transform=list(lora.layers),
-                layers_pattern="layers" if family == "llama" else None,  # peft needs it for a bare LlamaModel
-                init_lora_weights=False,
-            )
+            config = lora_config(base, lora, random_b=True)
             caps = [c.name for c in task.capabilities]
             model = get_peft_model(base, config, adapter_name=caps[0])
             for cap in caps[1:]:
@@ -224,8 +214,9 @@ def with_random_base_models(source: Path, out: Path, *, r: int = 4, seed: int = 
     from peft import get_peft_model
     from safetensors.torch import save_file
 
-    from moerm.backbones import load_backbone
-    from moerm.train.models import head_tensors, lora_config, lora_spec, new_head
+    from moerm.models.backbones import load_backbone
+    from moerm.models.experts import head_tensors, new_head
+    from moerm.models.lora import lora_config, lora_spec
 
     shutil.copytree(source, out)
     manifest = Bundle.load(out).manifest

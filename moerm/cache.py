@@ -9,7 +9,8 @@ disagree; the local tier keeps Redis's TTL.
 
 A cache that is down or slow never fails a request: the call is bypassed,
 counted in :class:`CacheStats`, and the cache is skipped for ``backoff_s``
-so that a dead server does not add a timeout to every request.
+so that a dead server does not add a timeout to every request. redis-py is imported
+only when a URL is given.
 """
 
 from __future__ import annotations

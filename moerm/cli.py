@@ -1,4 +1,7 @@
-"""The ``moerm`` command line: up, score, demo, bundle, data, label, train, evaluate, deploy."""
+"""The ``moerm`` command line: up, score, demo, bundle, data, label, train, evaluate, deploy.
+
+Each command imports what it needs when it runs (torch, grpc, the services' launcher), so
+that building the parser and ``moerm --help`` stay fast."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from moerm.backbones import MINILM, PACKAGED, cache_dir
+from moerm.models.backbones import MINILM, PACKAGED, cache_dir
 
 # Bumped when training changes what a bundle holds (v3: base normalization, router on pair prompts).
 DEMO_BUNDLE = "demo-minilm-trained-v3"
@@ -69,8 +72,8 @@ def train_demo_bundle(path: Path, *, data_dir: str | None = None) -> Path:
 
     from moerm.data.loaders import missing_shared_files, shared_data_dir
     from moerm.train import inputs
-    from moerm.train.recipe import Recipe, RecipeSettings
-    from moerm.train.settings import TrainSettings
+    from moerm.train.recipe import Recipe
+    from moerm.train.settings import RecipeSettings, TrainSettings
 
     work = Path(tempfile.mkdtemp(prefix="moerm-demo-train-"))
     try:
@@ -363,13 +366,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     from moerm.data.cli import add_data_commands
     from moerm.deploy.cli import add_deploy_commands
+    from moerm.evaluate.cli import add_evaluate_commands
+    from moerm.evaluate.routing.cli import add_routing_commands
     from moerm.judges.cli import add_label_commands
-    from moerm.routing.cli import add_routing_commands
     from moerm.train.cli import add_train_commands
 
     add_data_commands(sub)
     add_label_commands(sub)
     add_train_commands(sub)
+    add_evaluate_commands(sub)
     add_routing_commands(sub)
     add_deploy_commands(sub)
     return parser

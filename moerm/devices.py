@@ -6,6 +6,9 @@ products run about twice as fast as float32) and float32 elsewhere. Only the
 backbone's and adapters' weights take the chosen dtype, and run under
 ``torch.autocast`` so that norms, softmax and the residual stream between layers
 stay float32; scalar heads, pooling and the aggregator are float32.
+
+torch is imported inside the functions: the router's config validates a dtype name
+without loading torch.
 """
 
 from __future__ import annotations

@@ -6,18 +6,20 @@ import logging
 from dataclasses import dataclass
 
 import numpy as np
+import redis.asyncio as redis
 
 from moerm.bundle import Bundle
 from moerm.cache import ScoreCache
 from moerm.devices import resolve
 from moerm.embedded_redis import EmbeddedRedis
+from moerm.models.classifier import TaskClassifier
+from moerm.routing.policies import Hyperparameters
 from moerm.routing.pool import RewardModelPool, build_pool
 from moerm.routing.prior import OfflineRouter
 from moerm.routing.state import RoutingState
 from moerm.routing.store import BanditStore
 from moerm.server import Server, create_server
 from moerm.v1 import reward_pb2, reward_pb2_grpc
-from router_svc.classifier import TaskClassifier
 from router_svc.config import RouterConfig
 from router_svc.fanout import Downstream
 from router_svc.router import Router
@@ -77,23 +79,26 @@ def thompson_prior(path: str, pool: RewardModelPool, dim: int) -> np.ndarray | N
     return prior
 
 
-def bandit_state(config: RouterConfig, url: str, pool: RewardModelPool, dim: int) -> RoutingState:
-    """The bandits over ``pool``, kept in the Redis at ``url`` under the cache namespace."""
-    import redis.asyncio as redis
-
-    timeout = config.bandit_timeout_ms / 1000.0
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
-    store = BanditStore(client, namespace=config.cache_namespace, ttl_s=config.decision_ttl_s)
-    return RoutingState(
-        pool.names,
-        dim,
-        store,
+def hyperparameters(config: RouterConfig, pool: RewardModelPool, dim: int) -> Hyperparameters:
+    """What the routing policies are built with, from the router's flags."""
+    return Hyperparameters(
         alpha=config.linucb_alpha,
         lam=config.linucb_lambda,
         lam0=config.thompson_lambda0,
         prior_mean=thompson_prior(config.thompson_prior, pool, dim),
-        seed=config.bandit_seed,
+        uwo_lambda=config.uwo_lambda,
     )
+
+
+def bandit_state(
+    config: RouterConfig, url: str, pool: RewardModelPool, hyper: Hyperparameters, dim: int
+) -> RoutingState:
+    """The bandits over ``pool``, kept in the Redis at ``url`` under the cache namespace."""
+
+    timeout = config.bandit_timeout_ms / 1000.0
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    store = BanditStore(client, namespace=config.cache_namespace, ttl_s=config.decision_ttl_s)
+    return RoutingState(pool.names, dim, store, hyperparameters=hyper, seed=config.bandit_seed)
 
 
 def build_router(config: RouterConfig, embedder=None) -> RouterApp:
@@ -117,7 +122,9 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         timeout_s=config.cache_timeout_ms / 1000.0,
         namespace=config.cache_namespace,
     )
-    state = bandit_state(config, url, pool, bundle.manifest.router.embed_dim) if url else None
+    dim = bundle.manifest.router.embed_dim
+    hyper = hyperparameters(config, pool, dim)
+    state = bandit_state(config, url, pool, hyper, dim) if url else None
     downstream = Downstream(config.expert_endpoints, config.aggregator, config.external_endpoints)
     try:
         placement = resolve("cpu", config.embed_dtype)
@@ -131,7 +138,7 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         threads=config.torch_threads,
     )
     log.info("prompt embedder: %s, %d tokens", placement, classifier.max_tokens)
-    router = Router(config, bundle, classifier, cache, downstream, pool, state)
+    router = Router(config, bundle, classifier, cache, downstream, pool, state, hyper)
     servicer = RewardServicer(router)
     server = create_server(
         lambda s: reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, s),

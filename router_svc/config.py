@@ -7,13 +7,7 @@ from dataclasses import dataclass
 
 from moerm.config import option
 from moerm.devices import DTYPES
-from moerm.routing.bandits import POLICY_CLASSES
-from moerm.routing.ensembles import ENSEMBLES
-
-BANDITS = tuple(POLICY_CLASSES)  # linucb, thompson
-POLICIES = ("task", "fixed", *BANDITS, *ENSEMBLES)
-# Policies whose decisions are remembered for Feedback (ensembles: to answer no_arm).
-REMEMBERED = (*BANDITS, *ENSEMBLES)
+from moerm.routing import policies
 
 
 def parse_endpoints(pairs: tuple[str, ...], what: str = "TASK") -> dict[str, str]:
@@ -74,7 +68,9 @@ class RouterConfig:
         "", "prefix of every cache and bandit key (clusters sharing one Redis; replicas share it)"
     )
     cache_timeout_ms: float = option(250.0, "a cache call slower than this is bypassed")
-    default_policy: str = option("task", f"routing policy when a request names none ({', '.join(POLICIES)})")
+    default_policy: str = option(
+        "task", "routing policy when a request names none (any policy of moerm.routing.policies but fixed)"
+    )
     linucb_alpha: float = option(0.1, "LinUCB exploration weight alpha")
     linucb_lambda: float = option(1.0, "LinUCB ridge regularization lambda")
     thompson_lambda0: float = option(10.0, "Thompson sampling prior precision lambda0")
@@ -103,9 +99,12 @@ class RouterConfig:
             raise SystemExit("router_svc: --bundle (or MOERM_BUNDLE) is required")
         if not self.aggregator:
             raise SystemExit("router_svc: --aggregator (or MOERM_AGGREGATOR) is required")
-        if self.default_policy not in POLICIES:
-            raise SystemExit(f"router_svc: unknown default policy {self.default_policy!r}")
-        if self.default_policy == "fixed":
+        if self.default_policy not in policies.POLICIES:
+            raise SystemExit(
+                f"router_svc: unknown default policy {self.default_policy!r} "
+                f"(known: {', '.join(policies.names())})"
+            )
+        if policies.policy(self.default_policy).kind == policies.FIXED:
             raise SystemExit("router_svc: the fixed policy needs a reward model per request, not as default")
         parse_endpoints(self.experts)
         parse_endpoints(self.external, "NAME")

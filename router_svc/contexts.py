@@ -2,8 +2,11 @@
 
 One embedding serves twice: the task classifier's input (the ``task`` policy and the
 ``task`` field of every result) and the bandits' context (``linucb``, ``thompson``).
-It depends only on the conversation and the bundle's embedder, so it is cached in the
-score cache under its own key; a fully cached request embeds nothing.
+It depends only on the conversation and the bundle's embedder, so it is cached (decoded
+in this process, and in the score cache under its own key); a fully cached request
+embeds nothing. Missing prompts of concurrent requests are embedded together: the
+embedder runs on one worker thread behind a batcher that takes whatever is queued
+when it is free.
 """
 
 from __future__ import annotations
@@ -15,9 +18,10 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from moerm.batching import DynamicBatcher
 from moerm.cache import ScoreCache, cache_key
+from moerm.models.classifier import TaskClassifier
 from moerm.text import Turn, render_conversation
-from router_svc.classifier import TaskClassifier
 
 EMBEDDING_ENTRY = "embedding"  # the key's policy slot: what kind of entry this is
 _F32 = np.dtype("<f4")
@@ -50,6 +54,27 @@ class PromptContexts:
         self.embedded = 0  # conversations embedded (cache misses), for stats
         self.local_entries = local_entries
         self._local: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._batcher = DynamicBatcher(
+            lambda texts: (classifier.embed(texts),),
+            max_batch_size=256,
+            max_delay_s=0.0,
+            max_queue_items=1 << 30,
+        )
+
+    def start(self) -> None:
+        """Start the embedding worker (inside the event loop)."""
+        self._batcher.start()
+
+    async def close(self) -> None:
+        await self._batcher.stop()
+
+    async def embed_prompts(self, prompts: Sequence[str]) -> np.ndarray:
+        """The classifier's embeddings of rendered prompts, on the worker thread, together
+        with other callers' prompts. Shape: N -> (N, E)."""
+        if not prompts:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        (vectors,) = await self._batcher.submit(list(prompts))
+        return vectors
 
     def _key(self, turns: Sequence[Turn]) -> str:
         return cache_key(self.bundle_version, EMBEDDING_ENTRY, self.classifier.embedding_id, turns, "")
@@ -78,7 +103,7 @@ class PromptContexts:
             missing = [key for key in remote if vectors[key] is None]
             if missing:
                 text_of = {key: render_conversation(turns) for turns, key in keys.items()}
-                fresh = await self.classifier.embed_prompts([text_of[key] for key in missing])
+                fresh = await self.embed_prompts([text_of[key] for key in missing])
                 self.embedded += len(missing)
                 vectors.update(zip(missing, fresh, strict=True))
                 await self.cache.set_many({key: {"x": _encode(vectors[key])} for key in missing})

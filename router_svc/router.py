@@ -31,12 +31,13 @@ import numpy as np
 from moerm.bundle import Bundle
 from moerm.cache import KeyHasher, ScoreCache
 from moerm.errors import MoermError, NotFound, Unavailable
-from moerm.routing.ensembles import combine
-from moerm.routing.pool import Normalization, RewardModelPool, dmoerm_name
+from moerm.models.classifier import Route, TaskClassifier
+from moerm.routing import policies
+from moerm.routing.policies import Hyperparameters
+from moerm.routing.pool import RewardModelPool, RewardScale, dmoerm_name
 from moerm.routing.state import NOT_FOUND, RoutingState
 from moerm.routing.store import Decision
-from router_svc.classifier import Route, TaskClassifier
-from router_svc.config import BANDITS, ENSEMBLES, POLICIES, REMEMBERED, RouterConfig
+from router_svc.config import RouterConfig
 from router_svc.contexts import PromptContexts
 from router_svc.fanout import Downstream, Job, MemberScore
 from router_svc.validation import FeedbackCall, Item, ScoreCall
@@ -93,6 +94,7 @@ class Router:
         downstream: Downstream,
         pool: RewardModelPool,
         state: RoutingState | None,
+        hyperparameters: Hyperparameters | None = None,
     ):
         missing = sorted(set(bundle.manifest.tasks) - set(config.expert_endpoints))
         if missing:
@@ -104,6 +106,7 @@ class Router:
         self.downstream = downstream
         self.pool = pool
         self.state = state
+        self.hyperparameters = hyperparameters or Hyperparameters(uwo_lambda=config.uwo_lambda)
         self.contexts = PromptContexts(classifier, cache, bundle.version)
         self.stats = RouterStats()
         self.loaded = False
@@ -112,18 +115,18 @@ class Router:
         """Load the embedder, describe the external reward models, catch up with the
         bandit log. Score answers UNAVAILABLE until this is done."""
         await asyncio.to_thread(self.classifier.load)
-        self.classifier.start()
+        self.contexts.start()
         for spec in self.pool.externals():
             description = await self.downstream.describe(spec.name, self.config.describe_timeout_s)
             declared = (
-                Normalization(description.norm_mean, description.norm_std, "describe")
+                RewardScale(description.norm_mean, description.norm_std, "describe")
                 if description.norm_std > 0
                 else None
             )
             self.pool = self.pool.described(
-                spec.name, task=description.task, version=description.bundle_version, norm=declared
+                spec.name, task=description.task, version=description.bundle_version, scale=declared
             )
-            if self.pool[spec.name].norm.source == "none":
+            if self.pool[spec.name].scale.source == "none":
                 log.warning("external reward model %r declares no normalization; using raw scores", spec.name)
         if self.state is not None:
             try:
@@ -136,17 +139,20 @@ class Router:
 
     @property
     def policies(self) -> tuple[str, ...]:
-        if self.state is None:
-            return tuple(p for p in POLICIES if p not in BANDITS)
-        return POLICIES
+        """The policies this router offers: every one of the table, bandits only with a store."""
+        return tuple(
+            name
+            for name in policies.names()
+            if self.state is not None or policies.policy(name).kind != policies.BANDIT
+        )
 
     @property
     def reward_models(self) -> tuple[str, ...]:
         return self.pool.names
 
-    def remembers(self, policy: str) -> bool:
-        """Whether Score keeps a decision per item for Feedback under ``policy``."""
-        return self.state is not None and policy in REMEMBERED
+    def remembers(self, name: str) -> bool:
+        """Whether Score keeps a decision per item for Feedback under policy ``name``."""
+        return self.state is not None and policies.policy(name).remembers
 
     async def score(self, call: ScoreCall, time_remaining: float | None) -> ScoredCall:
         """Scores in item order. Nothing is cached unless every item scored."""
@@ -160,8 +166,9 @@ class Router:
         request_id = uuid.uuid4().hex
         remembered = self.remembers(call.policy)
         ids = [item.id or (f"{request_id}/{i}" if remembered else "") for i, item in enumerate(call.items)]
+        kind = policies.policy(call.policy).kind
         contexts, probabilities, routes = None, None, None
-        if call.policy != "fixed":
+        if kind != policies.FIXED:
             contexts = await self.contexts.embed([item.turns for item in call.items])
             probabilities = self.classifier.probabilities(contexts)
             routes = self.classifier.routes(probabilities)
@@ -170,7 +177,7 @@ class Router:
         scores = await self._member_scores(call.items, members, deadline)
         results = [
             self._ensemble(call.policy, scores[i], routes[i])
-            if call.policy in ENSEMBLES
+            if kind == policies.ENSEMBLE
             else self._single(call.policy, members[i][0], scores[i], probabilities, i)
             for i in range(len(call.items))
         ]
@@ -186,11 +193,12 @@ class Router:
     ) -> list[tuple[str, ...]]:
         """The reward models that score each item under the call's policy."""
         n = len(call.items)
-        if call.policy == "fixed":
+        kind = policies.policy(call.policy).kind
+        if kind == policies.FIXED:
             return [(call.reward_model,)] * n
-        if call.policy == "task":
+        if kind == policies.TASK:
             return [(dmoerm_name(route.task),) for route in routes]
-        if call.policy in ENSEMBLES:
+        if kind == policies.ENSEMBLE:
             return [self.pool.names] * n
         return [(arm,) for arm in await self._choose(call.policy, call.items, contexts)]
 
@@ -209,7 +217,7 @@ class Router:
         except Exception as error:  # store down: choose from this replica's state as it is
             self.stats.bandit_store_errors += 1
             log.warning("bandit store unreachable, choosing without syncing: %s", error)
-            arms = getattr(self.state, policy).choose(contexts[distinct], self.state.rng)
+            arms = self.state.choose_unsynced(policy, contexts[distinct])
         arm_of = dict(zip(distinct, arms, strict=True))
         return [self.state.arms[arm_of[row]] for row in rows]
 
@@ -258,14 +266,14 @@ class Router:
         probability of the reward model's task (1.0 for fixed, 0.0 for an external)."""
         spec, score = self.pool[name], scores[name]
         task = spec.task if spec.in_bundle else ""
-        if policy == "fixed":
+        if policies.policy(policy).kind == policies.FIXED:
             confidence = 1.0
         elif not task:
             confidence = 0.0
         else:
             confidence = float(probabilities[row, self.classifier.tasks.index(task)])
         return ItemScore(
-            reward=float(spec.normalize(score.raw)),
+            reward=float(spec.scaled(score.raw)),
             task=task,
             confidence=confidence,
             capabilities=score.capabilities,
@@ -278,8 +286,8 @@ class Router:
         """The ensemble rule over every member's normalized score; ``task`` and the
         breakdown are the classifier's route and its task's expert set."""
         names = self.pool.names
-        normalized = np.array([self.pool[name].normalize(scores[name].raw) for name in names])
-        reward = combine(normalized[None, :], rule, self.config.uwo_lambda)[0]
+        normalized = np.array([self.pool[name].scaled(scores[name].raw) for name in names])
+        reward = policies.policy(rule).combine(normalized[None, :], self.hyperparameters)[0]
         return ItemScore(
             reward=float(reward),
             task=route.task,
@@ -296,8 +304,9 @@ class Router:
     ) -> None:
         """The decision per item id, for Feedback (one pipeline). A store failure does
         not fail the call: that feedback will answer not_found."""
+        kind = policies.policy(policy).kind
         decisions = {
-            item_id: Decision(names[0] if policy in BANDITS else "", contexts[i], policy)
+            item_id: Decision(names[0] if kind == policies.BANDIT else "", contexts[i], policy)
             for i, (item_id, names) in enumerate(zip(ids, members, strict=True))
         }
         try:
@@ -334,4 +343,4 @@ class Router:
         await self.cache.close()
         if self.state is not None:
             await self.state.store.redis.aclose()
-        await self.classifier.close()
+        await self.contexts.close()

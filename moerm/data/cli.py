@@ -13,6 +13,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from moerm.data.io import capabilities_to_json, write_pairs
+from moerm.data.splits import SPLITS, SplitManifest, load_shared, pair_counts
+
 NO_TASK = "(none)"  # how tables show task "" (PandaLM: the router decides)
 
 
@@ -41,8 +44,6 @@ def _fractions(text: str) -> tuple[float, float, float]:
 
 
 def _load(args: argparse.Namespace):
-    from moerm.data.splits import load_shared
-
     try:
         return load_shared(args.data_dir)
     except FileNotFoundError as error:
@@ -53,7 +54,6 @@ def _load(args: argparse.Namespace):
 def split_table(manifest) -> str:
     """Rows: task; columns: per split non-tie / tie counts (just the count
     for classifier manifests), and the totals."""
-    from moerm.data.splits import SPLITS
 
     counts = manifest.counts()
     pairs = manifest.kind == "pairs"
@@ -96,8 +96,6 @@ def cmd_data_split(args: argparse.Namespace) -> int:
 
 
 def cmd_data_stats(args: argparse.Namespace) -> int:
-    from moerm.data.splits import pair_counts
-
     shared = _load(args)
     if shared is None:
         return 2
@@ -137,9 +135,6 @@ def cmd_data_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_data_pairs(args: argparse.Namespace) -> int:
-    from moerm.data.splits import SPLITS, SplitManifest
-    from moerm.judges.io import capabilities_to_json, write_pairs
-
     splits = [name for name in args.splits.split(",") if name]
     unknown = [name for name in splits if name not in SPLITS]
     if unknown or not splits:

@@ -15,6 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
 from moerm.bundle import Capability
 
 # The 8 Auto-J task groups (scenario_groups.json, in its order) and harmlessness.
@@ -89,8 +91,6 @@ def scenario_to_task(groups_path: str | Path) -> dict[str, str]:
 
 
 def _yaml_loader(criteria_dir: Path):
-    import yaml
-
     basics = criteria_dir / "basics"
 
     class Loader(yaml.SafeLoader):
@@ -134,7 +134,6 @@ def load_criteria(criteria_dir: str | Path) -> dict[str, list[Criterion]]:
     Where a later section redefines a criterion of an earlier one (e.g. a
     scenario-specific ``accuracy``), the later definition replaces it, so names
     are unique within a scenario."""
-    import yaml
 
     criteria_dir = Path(criteria_dir)
     specials = criteria_dir / "specials"

@@ -18,6 +18,9 @@ import os
 import sys
 from pathlib import Path
 
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 
 def _read(path: str) -> bytes:
     return Path(path).read_bytes()
@@ -25,7 +28,6 @@ def _read(path: str) -> bytes:
 
 def credentials(args: argparse.Namespace):
     """Channel credentials for the chosen mode, or None for plaintext."""
-    import grpc
 
     if args.plaintext:
         return None
@@ -44,8 +46,6 @@ def credentials(args: argparse.Namespace):
 
 def check(args: argparse.Namespace) -> str:
     """The health status name (SERVING, NOT_SERVING, ...); raises grpc.RpcError."""
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     creds = credentials(args)
     if creds is None:
@@ -69,7 +69,6 @@ def main(argv: list[str] | None = None) -> int:
     mode.add_argument("--plaintext", action="store_true", help="no TLS")
     mode.add_argument("--public", action="store_true", help="server-only TLS (the router's public port)")
     args = parser.parse_args(argv)
-    import grpc
 
     try:
         status = check(args)

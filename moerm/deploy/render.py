@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
 from kubernetes import client as k
 
+from moerm.bundle import Bundle
 from moerm.deploy.values import DNS_LABEL, ExpertValues, Resources, Values, ValuesError, dns_name
 
 GRPC_PORT = 50051
@@ -56,8 +58,6 @@ class BundleInfo:
 
     @classmethod
     def from_bundle(cls, path: str | Path, *, verify: bool = True) -> BundleInfo:
-        from moerm.bundle import Bundle
-
         bundle = Bundle.load(path, verify=verify)
         manifest = bundle.manifest
         return cls(bundle.version, tuple(manifest.tasks), manifest.backbone.ref, manifest.router.embedder)
@@ -1004,8 +1004,6 @@ def to_dicts(objects: Iterable[Any]) -> list[dict[str, Any]]:
 
 
 def dump_yaml(documents: Iterable[dict[str, Any]]) -> str:
-    import yaml
-
     return "".join("---\n" + yaml.safe_dump(doc, sort_keys=False, width=120) for doc in documents)
 
 
@@ -1031,7 +1029,6 @@ def write(documents: list[dict[str, Any]], out: Path, layout: str) -> list[Path]
     """``single``: one multi-document file; ``kustomize``: a folder with a file per
     component and a kustomization.yaml listing them (files of an earlier render
     there are replaced; other files are left alone)."""
-    import yaml
 
     if layout == "single":
         out.parent.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Union, get_args, get_origin, get_type_hints
 
+import yaml
+
 PROFILES_DIR = Path(__file__).with_name("profiles")
 PROFILES = ("cpu", "gpu")
 
@@ -341,8 +343,6 @@ def build(cls: type, raw: Mapping[str, Any], where: str = "") -> Any:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    import yaml
-
     try:
         raw = yaml.safe_load(Path(path).read_text()) or {}
     except (OSError, yaml.YAMLError) as error:

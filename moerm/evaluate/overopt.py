@@ -1,5 +1,8 @@
 """Best-of-n over-optimization, in the style of Coste et al. (2024).
 
+(The settings are plain Python, read by the command line; torch, the recipe and matplotlib
+are imported by the steps that need them.)
+
 A larger *gold* reward model (the one-model baseline of a SmolLM2 recipe run,
 trained on the human pairs) stands in for human judgement. It relabels a
 smaller set of training pairs (the better response by gold score), and
@@ -114,7 +117,7 @@ def _rm_scores(
 def gold_pairs(settings: OveroptSettings, path: Path) -> list[PreferencePair]:
     """Train and validation pairs (a per-task sample of the gold run's split),
     with ``chosen`` = the response the gold RM scores higher."""
-    from moerm.judges.io import read_pairs, write_pairs
+    from moerm.data.io import read_pairs, write_pairs
     from moerm.train import inputs
     from moerm.train.recipe import load_reward_model
 
@@ -154,7 +157,8 @@ def train_proxies(settings: OveroptSettings, pairs: list[PreferencePair], work: 
     from moerm.judges.rules import rule_labels
     from moerm.train.inputs import cap_per_task_examples
     from moerm.train.loop import TrainSettings
-    from moerm.train.recipe import Recipe, RecipeInputs, RecipeSettings
+    from moerm.train.recipe import Recipe
+    from moerm.train.settings import RecipeInputs, RecipeSettings
 
     bundle_dir = work / "proxy-bundle"
     if (bundle_dir / "manifest.json").is_file():
@@ -202,8 +206,8 @@ def train_proxies(settings: OveroptSettings, pairs: list[PreferencePair], work: 
 
 def sample_prompts(settings: OveroptSettings) -> list[PreferencePair]:
     """``prompts_per_task`` distinct held-out (test split) conversations per task."""
-    from moerm.backbones import load_backbone
     from moerm.data.splits import SplitManifest, load_shared
+    from moerm.models.backbones import load_backbone
 
     data = load_shared(None)
     split = SplitManifest.load(Path(settings.gold_work) / "split.json")
@@ -234,7 +238,7 @@ def generate(settings: OveroptSettings, prompts: list[PreferencePair], path: Pat
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from moerm.backbones import resolve
+    from moerm.models.backbones import resolve
 
     done = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
     seen = {row["id"] for row in done}

@@ -8,12 +8,16 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
 
 from moerm.bundle import Bundle
 from moerm.data.records import ClassifierExample, PreferencePair
 from moerm.evaluate.metrics import Accuracy
 from moerm.evaluate.systems import SYSTEMS, bundle_trunk_depth, route, single_margins, task_margins
+from moerm.models.classifier import TaskClassifier
+from moerm.train.classifier import confusion_matrix, prompt_text
 from moerm.train.trunk import TrunkCache
 
 
@@ -56,12 +60,10 @@ def evaluate(
     """``single``: (RewardModel, tokenizer, lowest adapted layer) of the one-model
     baseline, or None. When no model adapts the lowest layers, their states are
     computed once per text for all systems (:class:`moerm.train.trunk.TrunkCache`)."""
-    from moerm.train.router import confusion_matrix, prompt_text
 
     tasks = tuple(bundle.manifest.tasks)
     scored = [p for p in test if not p.tie]
     ties = [p for p in test if p.tie]
-    from router_svc.classifier import TaskClassifier
 
     classifier = TaskClassifier(bundle)
     routed_task = dict(zip((p.id for p in scored), route(classifier, scored), strict=True))
@@ -191,10 +193,7 @@ def markdown(result: EvalResult, header: str) -> str:
 
 
 def plots(result: EvalResult, curves: dict, out_dir: Path) -> list[str]:
-    import matplotlib
-
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     written = []
     systems = [s for s in SYSTEMS if s in result.gold]

@@ -23,8 +23,11 @@ import torch
 
 from moerm.bundle import Bundle
 from moerm.data.records import PreferencePair
+from moerm.models.aggregator import Aggregator
+from moerm.models.loading import load_task_base_model, load_task_experts
 from moerm.routing.ensembles import combine
-from moerm.train.loop import PairTokenizer
+from moerm.text import render_conversation
+from moerm.train.loop import Comparison, PairTokenizer
 from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 SYSTEMS = ("single", "base", "mean", "worst", "uwo", "dmoerm")
@@ -32,7 +35,6 @@ SYSTEMS = ("single", "base", "mean", "worst", "uwo", "dmoerm")
 
 def route(classifier, pairs: Sequence[PreferencePair]) -> list[str]:
     """The router classifier's task for each pair's conversation, as router_svc routes it."""
-    from moerm.text import render_conversation
 
     return [
         r.task for r in classifier.routes(classifier.classify([render_conversation(p.turns) for p in pairs]))
@@ -56,7 +58,6 @@ def _encoder(tokenizer, max_length: int, trunk: TrunkCache | None):
 def _margins(score, encoder, pairs: Sequence[PreferencePair], batch_size: int = 16):
     """Per pair (reward(chosen) - reward(rejected)) for a scoring function
     ``score(*encoder(batch))`` returning a dict of system -> (2N,) rewards."""
-    from moerm.train.loop import Comparison
 
     out: dict[str, list[float]] = defaultdict(list)
     with torch.inference_mode():
@@ -71,8 +72,6 @@ def _margins(score, encoder, pairs: Sequence[PreferencePair], batch_size: int = 
 def task_systems(bundle: Bundle, task: str):
     """(score, tokenizer) of one task's systems: ``score(ids, mask[, trunk])`` ->
     {"base", "mean", "worst", "uwo", "dmoerm"} -> (B,) rewards."""
-    from aggregator_svc.aggregator import Aggregator
-    from moerm.experts import load_task_base_model, load_task_experts
 
     experts, tokenizer = load_task_experts(bundle, task)
     base, _ = load_task_base_model(bundle, task)

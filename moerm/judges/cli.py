@@ -1,5 +1,6 @@
 """``moerm label`` and ``moerm judge-serve``: :func:`add_label_commands` adds
-them to the ``moerm`` command line's subparsers (each sets ``run``)."""
+them to the ``moerm`` command line's subparsers (each sets ``run``). The judges (an HTTP
+client, a torch model server) are imported when a command runs."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def add_label_commands(subparsers: argparse._SubParsersAction) -> None:
             "itself after one controlled edit) and writes them next to their labels (.pairs.jsonl)."
         ),
     )
-    label.add_argument("--pairs", required=True, help="JSONL of preference pairs (moerm.judges.io)")
+    label.add_argument("--pairs", required=True, help="JSONL of preference pairs (moerm.data.io)")
     label.add_argument("--capabilities", required=True, help="JSON: task -> [{name, description}, ...]")
     label.add_argument("--out", required=True, help="labels JSONL to write")
     label.add_argument("--judge", choices=("openai", "local", "rules", "contrast"), default="openai")
@@ -108,7 +109,7 @@ def _select_pairs(pairs: list, limit: int | None) -> list:
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    from moerm.judges.io import read_capabilities, read_pairs
+    from moerm.data.io import read_capabilities, read_pairs
 
     if args.judge == "openai" and not args.model:
         print("error: --judge openai needs --model", file=sys.stderr)

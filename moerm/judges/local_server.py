@@ -6,7 +6,8 @@
 stdlib ``ThreadingHTTPServer``. The model (by default the packaged
 SmolLM2-135M-Instruct) is a transformers causal LM; the conversation goes
 through the tokenizer's chat template and ``generate``. Every torch call runs
-on one worker thread, so generations happen one at a time: correct, not fast.
+on one worker thread, so generations happen one at a time: correct, not fast. torch and
+transformers are imported when the server starts, not when the module is imported.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ class LocalChatModel:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from moerm.backbones import resolve
+        from moerm.models.backbones import resolve
 
         hf_logging.disable_progress_bar()
         path = str(resolve(self.model_ref))

@@ -211,6 +211,3 @@ class Thompson:
         policy.b = np.array(state["b"], dtype=np.float64)
         policy.counts = np.array(state["counts"], dtype=np.int64)
         return policy
-
-
-POLICY_CLASSES: dict[str, type[LinUCB] | type[Thompson]] = {"linucb": LinUCB, "thompson": Thompson}

@@ -37,8 +37,8 @@ _EXTERNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
 
 
 @dataclass(frozen=True)
-class Normalization:
-    """``reward = (raw - mean) / std``; ``source`` says where it came from
+class RewardScale:
+    """A reward model's scale: ``reward = (raw - mean) / std``; ``source`` says where it came from
     ("aggregator", "bundle", "config", "describe" or "none")."""
 
     mean: float = 0.0
@@ -68,7 +68,7 @@ class RewardModelSpec:
     kind: str
     task: str = ""
     address: str = ""
-    norm: Normalization = Normalization()
+    scale: RewardScale = RewardScale()
     version: str = ""
 
     @property
@@ -82,9 +82,9 @@ class RewardModelSpec:
             return f"{self.name}@{self.version or self.address}"
         return self.name
 
-    def normalize(self, raw: np.ndarray) -> np.ndarray:
-        """Shape: any -> same, float64."""
-        return self.norm.apply(raw)
+    def scaled(self, raw: np.ndarray) -> np.ndarray:
+        """The reward on the pool's common scale. Shape: any -> same, float64."""
+        return self.scale.apply(raw)
 
 
 def dmoerm_name(task: str) -> str:
@@ -130,16 +130,16 @@ class RewardModelPool:
         return tuple(spec for spec in self.specs if spec.kind == EXTERNAL)
 
     def described(
-        self, name: str, *, task: str, version: str = "", norm: Normalization | None = None
+        self, name: str, *, task: str, version: str = "", scale: RewardScale | None = None
     ) -> RewardModelPool:
         """A pool where external ``name`` has its served ``task``, ``version`` and,
         unless the config gave one, the normalization its Describe declared."""
         spec = self[name]
         if spec.kind != EXTERNAL:
             raise ValueError(f"{name!r} is not an external reward model")
-        keep_config = spec.norm.source == "config"
+        keep_config = spec.scale.source == "config"
         updated = replace(
-            spec, task=task, version=version, norm=spec.norm if keep_config or norm is None else norm
+            spec, task=task, version=version, scale=spec.scale if keep_config or scale is None else scale
         )
         return RewardModelPool([updated if s.name == name else s for s in self.specs])
 
@@ -176,7 +176,7 @@ def build_pool(
     externals = dict(externals or {})
     norms = dict(norms or {})
     specs = [
-        RewardModelSpec(dmoerm_name(task), DMOERM, task=task, norm=Normalization(source="aggregator"))
+        RewardModelSpec(dmoerm_name(task), DMOERM, task=task, scale=RewardScale(source="aggregator"))
         for task in manifest.tasks
     ]
     specs += [
@@ -184,7 +184,7 @@ def build_pool(
             base_name(task),
             BASE,
             task=task,
-            norm=Normalization(spec.base_norm_mean, spec.base_norm_std, "bundle"),
+            scale=RewardScale(spec.base_norm_mean, spec.base_norm_std, "bundle"),
         )
         for task, spec in manifest.tasks.items()
         if spec.base_lora is not None
@@ -203,5 +203,5 @@ def build_pool(
                 f"normalization for {name!r}: dmoerm rewards are normalized by the aggregator "
                 "with the bundle's TaskSpec.norm_mean/norm_std"
             )
-        known[name] = replace(known[name], norm=Normalization(float(mean), float(std), "config"))
+        known[name] = replace(known[name], scale=RewardScale(float(mean), float(std), "config"))
     return RewardModelPool([known[spec.name] for spec in specs])

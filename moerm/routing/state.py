@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 
 from moerm.errors import FieldViolation, InvalidArgument
-from moerm.routing.bandits import POLICY_CLASSES, LinUCB, Thompson
-from moerm.routing.normalize import FeedbackNormalizer
+from moerm.routing.feedback import FeedbackNormalizer
+from moerm.routing.policies import BANDIT, Hyperparameters, names, policy
 from moerm.routing.store import BanditStore, Decision
 
 log = logging.getLogger(__name__)
@@ -30,10 +30,7 @@ class RoutingState:
         dim: int,
         store: BanditStore,
         *,
-        alpha: float = 0.1,
-        lam: float = 1.0,
-        lam0: float = 10.0,
-        prior_mean: np.ndarray | None = None,
+        hyperparameters: Hyperparameters | None = None,
         seed: int = 0,
         min_history: int = 32,
         window: int = 2048,
@@ -41,8 +38,9 @@ class RoutingState:
         self.arms = tuple(arms)
         self.dim = int(dim)
         self.store = store
-        self.linucb = LinUCB(self.arms, self.dim, alpha=alpha, lam=lam)
-        self.thompson = Thompson(self.arms, self.dim, lam0=lam0, prior_mean=prior_mean)
+        hyper = hyperparameters or Hyperparameters()
+        # Every bandit policy of the table, each learning from every event of the log.
+        self.bandits = {name: policy(name).build(self.arms, self.dim, hyper) for name in names(BANDIT)}
         self.normalizer_params = {"min_history": min_history, "window": window}
         FeedbackNormalizer(**self.normalizer_params)  # fail early on bad parameters
         self.rng = np.random.default_rng(seed)
@@ -52,7 +50,7 @@ class RoutingState:
         self._sync_lock = asyncio.Lock()
 
     async def sync(self) -> int:
-        """Apply the log events this replica has not read yet to both bandits; returns how
+        """Apply the log events this replica has not read yet to every bandit; returns how
         many were applied."""
         async with self._sync_lock:
             applied = 0
@@ -74,20 +72,23 @@ class RoutingState:
         arms = np.array([k for k, _, _ in usable], dtype=np.int64)
         X = np.stack([x for _, x, _ in usable]).astype(np.float64)
         rewards = np.array([r for _, _, r in usable])
-        self.linucb.update_many(arms, X, rewards)
-        self.thompson.update_many(arms, X, rewards)
+        for bandit in self.bandits.values():
+            bandit.update_many(arms, X, rewards)
         return len(usable)
 
-    async def choose(self, policy: str, X: np.ndarray) -> np.ndarray:
-        """Sync, then each row's arm index under ``policy`` ("linucb" or "thompson").
+    async def choose(self, name: str, X: np.ndarray) -> np.ndarray:
+        """Sync, then each row's arm index under the bandit policy ``name``.
         Shape: X (N, d) -> (N,) int64."""
-        if policy not in POLICY_CLASSES:
+        if name not in self.bandits:
             raise InvalidArgument.field(
-                "policy", f"{policy!r} is not a bandit policy ({', '.join(POLICY_CLASSES)})"
+                "policy", f"{name!r} is not a bandit policy ({', '.join(self.bandits)})"
             )
         await self.sync()
-        bandit: LinUCB | Thompson = self.linucb if policy == "linucb" else self.thompson
-        return bandit.choose(X, self.rng)
+        return self.choose_unsynced(name, X)
+
+    def choose_unsynced(self, name: str, X: np.ndarray) -> np.ndarray:
+        """Choose from this replica's state as it is (the store is unreachable)."""
+        return np.asarray(self.bandits[name].choose(X, self.rng), dtype=np.int64)
 
     async def feedback(self, ids: Sequence[str], raw: np.ndarray) -> dict[str, str]:
         """Turn raw feedback per item into bandit updates shared through the store.

@@ -1,19 +1,17 @@
-"""``moerm train STEP`` (router, phase1, phase2, phase3, baseline, assemble, all)
-and ``moerm evaluate``."""
+"""``moerm train STEP`` (router, phase1, phase2, phase3, baseline, assemble, all).
+
+The recipe (torch) is imported when a command runs, not when the parser is built."""
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
-import json
-import shlex
 import sys
 from pathlib import Path
 
-from moerm.train.recipe import STEPS
+from moerm.train.settings import STEPS
 
 
-def _common(parser: argparse.ArgumentParser) -> None:
+def add_recipe_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--work", required=True, type=Path, help="work directory (created; steps share it)")
     parser.add_argument(
         "--data",
@@ -64,9 +62,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _settings(args):
+def recipe_settings(args):
     from moerm.train.loop import TrainSettings
-    from moerm.train.recipe import RecipeSettings
+    from moerm.train.settings import RecipeSettings
 
     phase = TrainSettings(
         epochs=args.epochs,
@@ -110,7 +108,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from moerm.train.recipe import Recipe
 
     prepared = prepare(args)
-    recipe = Recipe(args.work, prepared.inputs, _settings(args), progress=not args.no_progress)
+    recipe = Recipe(args.work, prepared.inputs, recipe_settings(args), progress=not args.no_progress)
     steps = STEPS if args.step == "all" else () if args.step == "assemble" else (args.step,)
     for step in steps:
         getattr(recipe, step)()
@@ -124,33 +122,6 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_evaluate(args: argparse.Namespace) -> int:
-    from moerm.bundle import Bundle
-    from moerm.evaluate.report import evaluate, write_report
-    from moerm.train.recipe import Recipe
-
-    prepared = prepare(args)
-    bundle = Bundle.load(args.bundle)
-    recipe = Recipe(args.work, prepared.inputs, _settings(args), progress=False)
-    single = recipe.load_single() if (args.work / "baselines" / "single").exists() else None
-    result = evaluate(
-        bundle,
-        prepared.test,
-        single=single,
-        classifier_test=prepared.classifier_test,
-        max_length=args.max_length,
-    )
-    run = json.loads((args.work / "run.json").read_text())
-    command = args.command_line or "moerm " + " ".join(shlex.quote(a) for a in args.argv)
-    header = (
-        f"# DMoERM evaluation: {bundle.manifest.backbone.ref} backbone, bundle {bundle.version}\n\n"
-        f"Data: {prepared.inputs.description}.\n\nProduced by:\n\n```\n{command}\n```"
-    )
-    path = write_report(result, args.out, header=header, run=run)
-    print(path.read_text())
-    return 0
-
-
 def add_train_commands(sub) -> None:
     train = sub.add_parser("train", help="train a bundle with the DMoERM recipe, step by step or all at once")
     train.add_argument(
@@ -158,37 +129,6 @@ def add_train_commands(sub) -> None:
         choices=(*STEPS, "assemble", "all"),
         help="router, phase1, phase2, phase3, baseline (one RM for all tasks), assemble, or all",
     )
-    _common(train)
+    add_recipe_options(train)
     train.add_argument("--out", help="bundle directory to write (all, assemble)")
     train.set_defaults(run=cmd_train)
-
-    evaluate = sub.add_parser("evaluate", help="pairwise accuracy of a trained bundle and its baselines")
-    _common(evaluate)
-    evaluate.add_argument("--bundle", required=True, help="the trained bundle")
-    evaluate.add_argument("--out", required=True, type=Path, help="report folder (report.md/.json, PNGs)")
-    evaluate.add_argument("--command-line", default=None, help=argparse.SUPPRESS)
-    evaluate.set_defaults(run=cmd_evaluate)
-
-    from moerm.config import add_options
-    from moerm.evaluate.overopt import OveroptSettings
-
-    overopt = sub.add_parser(
-        "overopt",
-        help="best-of-n over-optimization: gold RM of a recipe run, proxies trained on its labels, "
-        "candidates from the instruct model",
-    )
-    overopt.add_argument("--work", required=True, type=Path, help="work directory (resumable)")
-    overopt.add_argument("--out", required=True, type=Path, help="report folder (overopt.md/.json/.png)")
-    add_options(overopt, OveroptSettings, env=False)  # one flag per setting, defaults from the dataclass
-    overopt.set_defaults(run=cmd_overopt)
-
-
-def cmd_overopt(args: argparse.Namespace) -> int:
-    from moerm.evaluate.overopt import OveroptSettings, run
-
-    settings = OveroptSettings(**{f.name: getattr(args, f.name) for f in dataclasses.fields(OveroptSettings)})
-    settings.validate()
-    command = "moerm " + " ".join(shlex.quote(a) for a in args.argv)
-    path = run(settings, args.work, args.out, command)
-    print(path.read_text())
-    return 0

@@ -12,7 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from moerm.data.records import CapabilityLabel, ClassifierExample, PreferencePair
-from moerm.train.recipe import RecipeInputs
+from moerm.data.splits import SplitManifest, load_shared
+from moerm.data.synthetic import synthetic_capabilities, synthetic_classifier_examples, synthetic_pairs
+from moerm.judges.base import load_labels
+from moerm.judges.contrast import pairs_path, read_contrast_pairs, split_of
+from moerm.train.settings import RecipeInputs
 
 log = logging.getLogger(__name__)
 
@@ -79,8 +83,6 @@ def load_label_files(
     (``assignment``: the split manifest's); made from test pairs, or from
     pairs of several splits or unknown ones, it is left out (and counted):
     phase 2 never trains on a test response."""
-    from moerm.judges.base import load_labels
-    from moerm.judges.contrast import pairs_path, read_contrast_pairs, split_of
 
     result = LabelFiles()
     for path in paths:
@@ -113,8 +115,6 @@ def shared(
     max_test_per_task: int = 0,
     tasks: tuple[str, ...] = (),
 ) -> Prepared:
-    from moerm.data.splits import SplitManifest, load_shared
-
     data = load_shared(data_dir)
     split_file, classifier_file = work / "split.json", work / "classifier_split.json"
     if split_file.is_file():
@@ -169,8 +169,6 @@ def shared(
 
 
 def synthetic(*, per_task: int = 40, seed: int = 0) -> Prepared:
-    from moerm.data.synthetic import synthetic_capabilities, synthetic_classifier_examples, synthetic_pairs
-
     pairs, labels = synthetic_pairs(per_task, seed)
     test, _ = synthetic_pairs(max(8, per_task // 4), seed + 1000)
     examples = synthetic_classifier_examples(max(10, per_task // 2), seed)

@@ -14,16 +14,23 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 import random
+import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import deepspeed
 import numpy as np
 import torch
+import torch.distributed as dist
+from safetensors.torch import load_file, save_file
 from torch import nn
+from tqdm.auto import tqdm
 
+from moerm.models.backbones import cache_dir
 from moerm.text import Turn, render
 from moerm.train.settings import Comparison, TrainSettings  # noqa: F401  (re-exported)
 
@@ -88,8 +95,6 @@ def subsample(items: list, limit: int, seed: int) -> list:
 
 
 def _save_checkpoint(path: Path, params: dict[str, nn.Parameter], optimizer, state: dict) -> None:
-    from safetensors.torch import save_file
-
     path.mkdir(parents=True, exist_ok=True)
     save_file({n: p.detach().contiguous().cpu() for n, p in params.items()}, str(path / "params.safetensors"))
     opt = {}
@@ -102,8 +107,6 @@ def _save_checkpoint(path: Path, params: dict[str, nn.Parameter], optimizer, sta
 
 
 def _load_checkpoint(path: Path, params: dict[str, nn.Parameter], optimizer) -> dict | None:
-    from safetensors.torch import load_file
-
     if not (path / "state.json").is_file():
         return None
     saved = load_file(str(path / "params.safetensors"))
@@ -125,16 +128,10 @@ def deepspeed_engine(model: nn.Module, optimizer, settings: TrainSettings):
     compiled ops go to $TORCH_EXTENSIONS_DIR (default: the moerm cache), so only
     the first run compiles them.
     """
-    import os
-    import socket
-
-    from moerm.backbones import cache_dir
 
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(cache_dir() / "torch_extensions"))
     if not torch.cuda.is_available():
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
-    import deepspeed
-    import torch.distributed as dist
 
     if not dist.is_initialized():
         if "MASTER_PORT" not in os.environ:
@@ -196,7 +193,6 @@ def train_comparisons(
     trunk) and ``score(*inputs) -> (2N,)`` the rewards. Deterministic for a
     given seed; resumes from ``checkpoint_dir/name`` after its last epoch.
     """
-    from tqdm.auto import tqdm
 
     params = {n: p for n, p in model.named_parameters() if p.requires_grad}
     if not params:

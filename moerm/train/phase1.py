@@ -2,7 +2,7 @@
 adapter + a scalar head), Bradley-Terry on the task's human pairs.
 
 The adapter, not a backbone copy, goes into the bundle; it is merged into the
-backbone at load (:func:`moerm.experts.load_task_backbone`).
+backbone at load (:func:`moerm.models.loading.load_task_backbone`).
 """
 
 from __future__ import annotations
@@ -12,8 +12,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from peft import get_peft_model
+from safetensors.torch import save_file
+
 from moerm.bundle import LoraSpec
-from moerm.experts import RewardModel
+from moerm.models.backbones import load_backbone
+from moerm.models.experts import RewardModel, head_tensors, new_head
+from moerm.models.lora import lora_config, lora_spec
 from moerm.train.loop import (
     Comparison,
     Curve,
@@ -22,7 +27,6 @@ from moerm.train.loop import (
     seed_everything,
     train_comparisons,
 )
-from moerm.train.models import lora_config, lora_spec, new_head
 from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 log = logging.getLogger(__name__)
@@ -57,11 +61,6 @@ def train_base_model(
     layers above the trunk run. Used for each task's base model and for the
     one-model-for-all baseline.
     """
-    from peft import get_peft_model
-    from safetensors.torch import save_file
-
-    from moerm.backbones import load_backbone
-    from moerm.train.models import head_tensors
 
     seed_everything(settings.seed)
     backbone, tokenizer = load_backbone(backbone_ref)

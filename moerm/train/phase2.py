@@ -16,10 +16,13 @@ import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from peft import get_peft_model
+from safetensors.torch import save_file
 from torch import nn
 
 from moerm.bundle import LoraSpec
-from moerm.experts import RewardModel
+from moerm.models.experts import RewardModel, head_tensors
+from moerm.models.lora import lora_config
 from moerm.train.loop import (
     Comparison,
     Curve,
@@ -28,7 +31,6 @@ from moerm.train.loop import (
     seed_everything,
     train_comparisons,
 )
-from moerm.train.models import lora_config
 from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 log = logging.getLogger(__name__)
@@ -69,10 +71,6 @@ def train_experts(
 
     Writes ``out_dir/experts/<cap>/`` (peft) and ``out_dir/heads.safetensors``.
     """
-    from peft import get_peft_model
-    from safetensors.torch import save_file
-
-    from moerm.train.models import head_tensors
 
     seed_everything(settings.seed)
     config = lora_config(backbone, spec)

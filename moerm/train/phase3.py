@@ -1,7 +1,7 @@
 """Phase 3: the task's aggregator MLP on human pairs, experts frozen.
 
 The experts' outputs (K scores and K pooled hidden states per response) are
-computed once; the MLP (``aggregator_svc.aggregator`` layout: fc2(relu(fc1(x)))
+computed once; the MLP (``moerm.models.aggregator`` layout: fc2(relu(fc1(x)))
 over x = concat_k [hidden_k, score_k]) trains full-batch with Bradley-Terry on
 them. The epoch with the best validation accuracy is kept. The reward
 normalization (mean, std) is taken over the training responses.
@@ -15,6 +15,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from moerm.models.aggregator import features
+from moerm.models.experts import RewardModel
 from moerm.train.loop import Comparison, bradley_terry_loss, seed_everything
 
 
@@ -32,7 +34,6 @@ def expert_features(experts, encoder, comparisons: list[Comparison], batch_size:
     ``encoder``: :class:`PairTokenizer`, or a trunk-cache encoder whose batches
     carry the precomputed lower layers.
     """
-    from aggregator_svc.aggregator import features
 
     better, worse = [], []
     with torch.inference_mode():
@@ -118,7 +119,6 @@ def base_reward_norm(
     ``comparisons``: the experts' backbone with every capability adapter
     disabled, under the base head. The bundle records it so a router can put
     ``base:<task>`` rewards on the scale of the other reward models."""
-    from moerm.experts import RewardModel
 
     if not comparisons:
         return 0.0, 1.0

@@ -24,15 +24,15 @@ import shutil
 import tempfile
 import time
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from moerm.bundle import (
     BackboneSpec,
     Bundle,
-    Capability,
     LoraSpec,
     Manifest,
     RouterSpec,
@@ -40,63 +40,23 @@ from moerm.bundle import (
     seal,
     staged,
 )
+from moerm.bundle_build import top_layers
 from moerm.data.records import CapabilityLabel, ClassifierExample, PreferencePair
-from moerm.train.settings import Comparison, TrainSettings
+from moerm.models.backbones import describe
+from moerm.models.embed import PromptEmbedder
+from moerm.models.experts import load_heads
+from moerm.models.loading import TaskFiles, load_base_model, load_experts, load_task_backbone
+from moerm.models.lora import lora_spec
+from moerm.text import render_conversation
+from moerm.train.classifier import prompt_text, train_classifier
+from moerm.train.loop import PairTokenizer
+from moerm.train.phase1 import train_base_model
+from moerm.train.phase2 import train_experts
+from moerm.train.phase3 import base_reward_norm, expert_features, train_aggregator
+from moerm.train.settings import Comparison, RecipeInputs, RecipeSettings
+from moerm.train.trunk import TrunkCache, TrunkPairEncoder
 
 log = logging.getLogger(__name__)
-
-STEPS = ("router", "phase1", "phase2", "phase3", "baseline")
-
-
-@dataclass
-class RecipeInputs:
-    train: list[PreferencePair]
-    validation: list[PreferencePair]
-    classifier_train: list[ClassifierExample]
-    classifier_validation: list[ClassifierExample]
-    capabilities: dict[str, tuple[Capability, ...]]
-    labels: list[CapabilityLabel]
-    description: str = ""  # where the data came from, for the report
-    # Pairs that only capability labels reference (the contrast pairs of
-    # moerm.judges.contrast), each already in the split of the pairs it was made
-    # from: phase 2 trains and validates on them with the labels; no other step sees them.
-    label_pairs: list[PreferencePair] = field(default_factory=list)
-    validation_label_pairs: list[PreferencePair] = field(default_factory=list)
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return tuple(sorted(self.capabilities))
-
-
-@dataclass(frozen=True)
-class RecipeSettings:
-    backbone: str = "minilm"
-    router_embedder: str = "minilm"
-    base_r: int = 8
-    expert_r: int = 8
-    expert_fraction: float = 0.25  # top fraction of layers carrying expert adapters
-    # Top fraction of layers carrying the task base adapters (and the baseline's).
-    # Below 1, the layers under every adapter are computed once per text
-    # (moerm.train.trunk) instead of once per model, epoch and phase.
-    base_fraction: float = 1.0
-    phase1: TrainSettings = TrainSettings(epochs=2, lr=3e-4)
-    phase2: TrainSettings = TrainSettings(epochs=2, lr=3e-4)
-    aggregator_width: int = 64
-    aggregator_epochs: int = 300
-    router_epochs: int = 300
-    # Also train the router on the training pairs' conversations (rendered as the
-    # router renders requests), not only on the single-turn classifier queries:
-    # multi-turn data such as hh-rlhf is otherwise out of its distribution.
-    router_pair_prompts: bool = True
-    min_labels: int = 8
-    seed: int = 0
-
-    @classmethod
-    def from_json(cls, raw: dict) -> RecipeSettings:
-        raw = dict(raw)
-        raw["phase1"] = TrainSettings(**raw["phase1"])
-        raw["phase2"] = TrainSettings(**raw["phase2"])
-        return cls(**raw)
 
 
 def comparisons(pairs: list[PreferencePair]) -> list[Comparison]:
@@ -124,8 +84,6 @@ class Recipe:
     def __init__(
         self, work: str | Path, inputs: RecipeInputs, settings: RecipeSettings, *, progress: bool = True
     ):
-        from moerm.backbones import describe
-
         self.work = Path(work)
         self.work.mkdir(parents=True, exist_ok=True)
         self.inputs = inputs
@@ -164,14 +122,11 @@ class Recipe:
 
     @property
     def base_layers(self) -> tuple[int, ...]:
-        from moerm.bundle_build import top_layers
-
         return top_layers(self.info["num_layers"], self.settings.base_fraction)
 
     @property
     def trunk_depth(self) -> int:
         """Layers below every adapter of the run (task base, baseline, experts)."""
-        from moerm.bundle_build import top_layers
 
         expert = top_layers(self.info["num_layers"], self.settings.expert_fraction)
         return min(min(self.base_layers), min(expert))
@@ -183,8 +138,6 @@ class Recipe:
         if self.trunk_depth == 0:
             return None
         if self._trunk is None:
-            from moerm.train.trunk import TrunkCache
-
             started = time.perf_counter()
             self._trunk = TrunkCache(
                 self.settings.backbone, self.trunk_depth, self.settings.phase1.max_length
@@ -217,12 +170,6 @@ class Recipe:
     # -- steps ---------------------------------------------------------------
 
     def router(self) -> None:
-        from safetensors.numpy import save_file
-
-        from moerm.embed import PromptEmbedder
-        from moerm.text import render_conversation
-        from moerm.train.router import prompt_text, train_router
-
         started = time.perf_counter()
         tasks = self.inputs.tasks
         index = {t: i for i, t in enumerate(tasks)}
@@ -240,7 +187,7 @@ class Recipe:
 
         train_texts, train_tasks = examples(self.inputs.classifier_train, self.inputs.train)
         val_texts, val_tasks = examples(self.inputs.classifier_validation, self.inputs.validation)
-        result = train_router(
+        result = train_classifier(
             embedder.embed(train_texts),
             np.array([index[t] for t in train_tasks]),
             embedder.embed(val_texts),
@@ -264,8 +211,6 @@ class Recipe:
         self._record("router", time.perf_counter() - started, result.history)
 
     def phase1(self, tasks: tuple[str, ...] | None = None) -> None:
-        from moerm.train.phase1 import train_base_model
-
         trunk = self.trunk()  # filled once, timed as "trunk_cache", not as a task's phase 1
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
@@ -288,23 +233,31 @@ class Recipe:
             self.state.setdefault("base_lora", {})[task] = asdict(result.spec)
             self._record(f"phase1/{task}", time.perf_counter() - started, result.curve.to_json())
 
-    def _task_backbone(self, task: str):
-        from peft import PeftModel
-
-        from moerm.backbones import load_backbone
-        from moerm.experts import load_heads
-
+    def task_files(self, task: str) -> TaskFiles:
+        """Where the work directory keeps this task's models (phase 1 and phase 2 outputs)."""
         base_dir = self.task_dir(task) / "base"
-        self._require(base_dir / "adapter_model.safetensors", "phase1")
-        backbone, tokenizer = load_backbone(self.settings.backbone)
-        backbone = PeftModel.from_pretrained(backbone, str(base_dir), adapter_name="base").merge_and_unload()
-        head = load_heads(base_dir / "head.safetensors", ["base"], self.info["hidden_size"])["base"]
+        caps = tuple(c.name for c in self.inputs.capabilities[task])
+        layers = top_layers(self.info["num_layers"], self.settings.expert_fraction)
+        return TaskFiles(
+            backbone=self.settings.backbone,
+            hidden_size=self.info["hidden_size"],
+            num_layers=self.info["num_layers"],
+            pooling=self.info["pooling"],
+            lora_layers=layers,
+            base_adapter=base_dir,
+            base_head=base_dir / "head.safetensors",
+            experts={cap: self.task_dir(task) / "experts" / cap for cap in caps},
+            heads=self.task_dir(task) / "heads.safetensors",
+        )
+
+    def _task_backbone(self, task: str):
+        files = self.task_files(task)
+        self._require(files.base_adapter / "adapter_model.safetensors", "phase1")
+        backbone, tokenizer = load_task_backbone(files)
+        head = load_heads(files.base_head, ["base"], files.hidden_size)["base"]
         return backbone, tokenizer, head
 
     def expert_spec(self, backbone) -> LoraSpec:
-        from moerm.bundle_build import top_layers
-        from moerm.train.models import lora_spec
-
         return lora_spec(
             backbone,
             self.settings.expert_r,
@@ -312,8 +265,6 @@ class Recipe:
         )
 
     def phase2(self, tasks: tuple[str, ...] | None = None) -> None:
-        from moerm.train.phase2 import train_experts
-
         trunk = self.trunk()
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
@@ -369,41 +320,12 @@ class Recipe:
 
     def load_experts(self, task: str):
         """(CapabilityExperts, tokenizer) of a task from the work directory's files."""
-        import torch
-        from peft import PeftModel
-
-        from moerm.experts import CapabilityExperts, load_heads
-
-        backbone, tokenizer, _ = self._task_backbone(task)
-        caps = tuple(c.name for c in self.inputs.capabilities[task])
-        self._require(self.task_dir(task) / "heads.safetensors", "phase2")
-        model = None
-        for cap in caps:
-            folder = str(self.task_dir(task) / "experts" / cap)
-            if model is None:
-                model = PeftModel.from_pretrained(backbone, folder, adapter_name=cap)
-            else:
-                model.load_adapter(folder, adapter_name=cap)
-        heads = load_heads(self.task_dir(task) / "heads.safetensors", caps, self.info["hidden_size"])
-        spec = self.expert_spec(backbone)
-        experts = CapabilityExperts(
-            model,
-            torch.nn.ModuleDict(heads),
-            caps,
-            spec.layers,
-            self.info["num_layers"],
-            self.info["pooling"],
-        ).eval()
-        return experts, tokenizer
+        files = self.task_files(task)
+        self._require(files.base_adapter / "adapter_model.safetensors", "phase1")
+        self._require(files.heads, "phase2")
+        return load_experts(files)
 
     def phase3(self, tasks: tuple[str, ...] | None = None) -> None:
-        from safetensors.numpy import save_file
-
-        from moerm.experts import load_heads
-        from moerm.train.loop import PairTokenizer
-        from moerm.train.phase3 import base_reward_norm, expert_features, train_aggregator
-        from moerm.train.trunk import TrunkPairEncoder
-
         trunk = self.trunk()
         for task in tasks or self.inputs.tasks:
             started = time.perf_counter()
@@ -443,7 +365,6 @@ class Recipe:
         """One reward model for all tasks: the same backbone, adapter and data as
         phase 1 summed over the tasks, and the same number of epochs (so the same
         number of training pairs seen as all task base models together)."""
-        from moerm.train.phase1 import train_base_model
 
         trunk = self.trunk()
         started = time.perf_counter()
@@ -541,23 +462,11 @@ class Recipe:
 
 
 def load_reward_model(folder: str | Path, backbone_ref: str):
-    """(RewardModel, tokenizer, lowest adapted layer) from a folder holding a
-    peft adapter and ``head.safetensors`` (phase 1's layout)."""
-    from peft import PeftModel
-
-    from moerm.backbones import describe, load_backbone
-    from moerm.experts import RewardModel, load_heads
-
+    """(RewardModel, tokenizer, lowest adapted layer) from a folder holding a peft adapter
+    and ``head.safetensors`` (phase 1's layout), the adapter kept apart from the backbone."""
     folder = Path(folder)
-    info = describe(backbone_ref)
-    backbone, tokenizer = load_backbone(backbone_ref)
-    head = load_heads(folder / "head.safetensors", ["base"], info["hidden_size"])["base"]
-    model = RewardModel(
-        PeftModel.from_pretrained(backbone, str(folder), adapter_name="base"), head, info["pooling"]
-    ).eval()
-    adapter = json.loads((folder / "adapter_config.json").read_text())
-    layers = adapter.get("layers_to_transform") or [0]
-    return model, tokenizer, min(layers)
+    files = TaskFiles.of_backbone(backbone_ref, base_adapter=folder, base_head=folder / "head.safetensors")
+    return load_base_model(files, merge=False)
 
 
 def train_all(

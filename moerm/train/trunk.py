@@ -18,7 +18,9 @@ from collections.abc import Iterable, Sequence
 
 import torch
 
-from moerm.experts import Trunk, find_layer_list, run_layers
+from moerm.models.backbones import load_backbone
+from moerm.models.experts import Trunk, find_layer_list, run_layers
+from moerm.train.loop import PairTokenizer
 from moerm.train.settings import Comparison
 
 log = logging.getLogger(__name__)
@@ -28,9 +30,6 @@ class TrunkCache:
     """Per-text states of the bare backbone after its first ``depth`` layers."""
 
     def __init__(self, backbone_ref: str, depth: int, max_length: int, *, batch_size: int = 16):
-        from moerm.backbones import load_backbone
-        from moerm.train.loop import PairTokenizer
-
         if depth < 1:
             raise ValueError(f"trunk depth must be at least 1, got {depth}")
         self.model, tokenizer = load_backbone(backbone_ref)

@@ -31,7 +31,7 @@ def test_split_writes_the_shared_manifest(shared, shared_dir, tmp_path, capsys):
 
 
 def test_pairs_writes_the_pairs_of_the_chosen_splits(shared, shared_dir, tmp_path, capsys):
-    from moerm.judges.io import read_capabilities, read_pairs
+    from moerm.data.io import read_capabilities, read_pairs
 
     manifest = shared.split(seed=0)
     manifest.save(tmp_path / "split.json")

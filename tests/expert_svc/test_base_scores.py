@@ -1,5 +1,5 @@
 """The expert service's task base reward model (ExpertRequest.return_base / base_only),
-over real gRPC on loopback, checked against moerm.experts.load_task_base_model."""
+over real gRPC on loopback, checked against moerm.models.loading.load_task_base_model."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ async def expert(based_bundle: Path) -> AsyncIterator[tuple[ExpertApp, expert_pb
 
 
 def reference_base_scores(bundle_dir: Path) -> np.ndarray:
-    """Phase 1's base model loaded on its own (moerm.experts), not through the scorer."""
+    """Phase 1's base model loaded on its own (moerm.models.experts), not through the scorer."""
     import torch
 
-    from moerm.experts import load_task_base_model
+    from moerm.models.loading import load_task_base_model
     from moerm.text import render
 
     model, tokenizer = load_task_base_model(Bundle.load(bundle_dir), "code")

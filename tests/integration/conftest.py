@@ -8,8 +8,8 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from moerm.local import LocalCluster
 from moerm.v1 import reward_pb2_grpc
+from moerm_local import LocalCluster
 
 
 def start_cluster(bundle, redis_url: str, **router_overrides) -> LocalCluster:

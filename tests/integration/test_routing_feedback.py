@@ -15,8 +15,8 @@ import pytest
 import redis
 
 from moerm.errors import field_violations
-from moerm.local import LocalCluster
 from moerm.v1 import reward_pb2, reward_pb2_grpc
+from moerm_local import LocalCluster
 
 pytestmark = pytest.mark.integration
 
@@ -74,8 +74,8 @@ def snapshot(cluster: LocalCluster, app=None) -> dict[str, np.ndarray]:
     """Both bandits' state of a router (the cluster's by default), after a sync."""
     state = (app or cluster.router).router.state
     cluster.run(state.sync())
-    out = {f"linucb.{k}": v for k, v in state.linucb.state().items()}
-    out.update({f"thompson.{k}": v for k, v in state.thompson.state().items()})
+    out = {f"linucb.{k}": v for k, v in state.bandits["linucb"].state().items()}
+    out.update({f"thompson.{k}": v for k, v in state.bandits["thompson"].state().items()})
     return out
 
 

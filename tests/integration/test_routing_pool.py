@@ -21,9 +21,9 @@ import pytest
 from expert_svc.config import ExpertConfig
 from moerm.bundle_build import with_random_base_models
 from moerm.errors import field_violations
-from moerm.local import LocalCluster
 from moerm.tensors import from_proto
 from moerm.v1 import expert_pb2, expert_pb2_grpc, reward_pb2, reward_pb2_grpc, tensor_pb2
+from moerm_local import LocalCluster
 
 pytestmark = pytest.mark.integration
 

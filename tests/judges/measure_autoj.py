@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 
 from moerm.bundle import Capability
+from moerm.data.io import capabilities_to_json, write_pairs
 from moerm.data.records import PreferencePair
-from moerm.judges.io import capabilities_to_json, write_pairs
 from moerm.text import Turn, normalize
 
 # Capabilities per Auto-J task group, most important first (after Auto-J's

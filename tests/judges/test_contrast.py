@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from moerm.bundle import Capability
+from moerm.data.io import capabilities_to_json, write_pairs
 from moerm.data.records import PreferencePair
 from moerm.judges.base import load_labels
 from moerm.judges.cli import main
@@ -31,7 +32,6 @@ from moerm.judges.contrast import (
 )
 from moerm.judges.contrast.families import families_markdown, human_preference
 from moerm.judges.contrast.pool import ResponsePool, Source, other_prompt, swap_fact
-from moerm.judges.io import capabilities_to_json, write_pairs
 from moerm.text import Turn
 
 ARITHMETIC = "First add 12 and 30. Then check the sum twice. So the answer is 42."

@@ -235,7 +235,7 @@ def test_manifest_validation_other_rules(minilm_bundle: Path) -> None:
 
 @pytest.fixture(scope="module")
 def code_experts(minilm_bundle: Path):
-    from moerm.experts import load_task_experts
+    from moerm.models.loading import load_task_experts
 
     return load_task_experts(Bundle.load(minilm_bundle), "code")
 
@@ -277,7 +277,7 @@ def test_heads_are_registered_submodules(minilm_bundle: Path, code_experts) -> N
 def test_missing_head_is_rejected(code_experts) -> None:
     from torch import nn
 
-    from moerm.experts import CapabilityExperts
+    from moerm.models.experts import CapabilityExperts
 
     experts, _ = code_experts
     heads = nn.ModuleDict({cap: experts.heads[cap] for cap in CODE_CAPS[:2]})
@@ -288,7 +288,7 @@ def test_missing_head_is_rejected(code_experts) -> None:
 def test_reloaded_bundle_gives_identical_scores(minilm_bundle: Path, code_experts) -> None:
     import torch
 
-    from moerm.experts import load_task_experts
+    from moerm.models.loading import load_task_experts
 
     experts, tokenizer = code_experts
     again, tokenizer_again = load_task_experts(Bundle.load(minilm_bundle), "code")
@@ -307,7 +307,7 @@ def test_reloaded_bundle_gives_identical_scores(minilm_bundle: Path, code_expert
 
 
 def test_unreadable_heads_file_is_named(minilm_bundle: Path, bundle_copy: Path) -> None:
-    from moerm.experts import load_heads
+    from moerm.models.experts import load_heads
 
     path = bundle_copy / HEADS
     path.write_bytes(path.read_bytes()[:40])
@@ -325,7 +325,7 @@ def test_create_and_load_a_smollm2_bundle(tmp_path: Path) -> None:
 
     from moerm.bundle import Capability
     from moerm.bundle_build import TaskDefinition, create_bundle
-    from moerm.experts import load_task_experts
+    from moerm.models.loading import load_task_experts
 
     tasks = [TaskDefinition("code", "programming", (Capability("correctness"), Capability("style")))]
     bundle = create_bundle(tmp_path / "smollm2", tasks, backbone="smollm2", lora_fraction=0.1)

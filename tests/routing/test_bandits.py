@@ -7,7 +7,9 @@ import math
 import numpy as np
 import pytest
 
-from moerm.routing.bandits import POLICY_CLASSES, LinUCB, Thompson
+from moerm.routing.bandits import LinUCB, Thompson
+
+BANDIT_CLASSES = {"linucb": LinUCB, "thompson": Thompson}
 
 ARMS = ("rm-a", "rm-b")
 
@@ -136,9 +138,9 @@ def test_thompson_is_reproducible_with_a_seeded_generator() -> None:
 # -- both ---------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", sorted(POLICY_CLASSES))
+@pytest.mark.parametrize("name", sorted(BANDIT_CLASSES))
 def test_update_many_is_bitwise_repeated_update(name: str) -> None:
-    cls = POLICY_CLASSES[name]
+    cls = BANDIT_CLASSES[name]
     arms, X, rewards = random_events(200, 5, 3, seed=10)
     batched, single = cls(("a", "b", "c"), 5), cls(("a", "b", "c"), 5)
     for part in np.array_split(np.arange(200), 7):
@@ -149,9 +151,9 @@ def test_update_many_is_bitwise_repeated_update(name: str) -> None:
         assert np.array_equal(value, single.state()[key]), key
 
 
-@pytest.mark.parametrize("name", sorted(POLICY_CLASSES))
+@pytest.mark.parametrize("name", sorted(BANDIT_CLASSES))
 def test_state_round_trip(name: str) -> None:
-    cls = POLICY_CLASSES[name]
+    cls = BANDIT_CLASSES[name]
     policy = cls(("a", "b", "c"), 4)
     policy.update_many(*random_events(60, 4, 3, seed=11))
     state = policy.state()
@@ -165,9 +167,9 @@ def test_state_round_trip(name: str) -> None:
         cls.from_state(("a", "b"), state)
 
 
-@pytest.mark.parametrize("name", sorted(POLICY_CLASSES))
+@pytest.mark.parametrize("name", sorted(BANDIT_CLASSES))
 def test_bad_input_is_refused(name: str) -> None:
-    policy = POLICY_CLASSES[name](ARMS, 3)
+    policy = BANDIT_CLASSES[name](ARMS, 3)
     rng = np.random.default_rng(0)
     with pytest.raises(ValueError, match=r"shape \(N, 3\)"):
         policy.choose(np.ones((2, 4)), rng)

@@ -10,7 +10,7 @@ import pytest
 import redis.asyncio as redis
 
 from moerm.errors import InvalidArgument
-from moerm.routing.normalize import FeedbackNormalizer
+from moerm.routing.feedback import FeedbackNormalizer
 from moerm.routing.state import RoutingState
 from moerm.routing.store import BanditStore, Decision
 
@@ -56,7 +56,7 @@ async def test_feedback_outcomes_per_item(clients, namespace) -> None:
         ids[1]: "applied",
         "old-pool": "no_arm",
     }
-    assert state.linucb.counts.sum() == state.thompson.counts.sum() == 2
+    assert state.bandits["linucb"].counts.sum() == state.bandits["thompson"].counts.sum() == 2
     assert state.offset == await state.store.log_length() == 2
 
 
@@ -65,7 +65,7 @@ async def test_repeated_feedback_is_a_duplicate_and_changes_nothing(clients, nam
     ids = await remember_items(state, 6)
     raw = np.linspace(0.0, 1.0, 6)
     assert set((await state.feedback(ids, raw)).values()) == {"applied"}
-    before = {"linucb": state.linucb.state(), "thompson": state.thompson.state()}
+    before = {"linucb": state.bandits["linucb"].state(), "thompson": state.bandits["thompson"].state()}
     history = await state.store.raw_history(100)
     assert set((await state.feedback(ids, raw)).values()) == {"duplicate"}
     for name, arrays in before.items():
@@ -84,10 +84,10 @@ async def test_restarted_router_and_second_replica_reach_the_same_state(clients,
         await first.feedback(ids, rng.standard_normal(8))
         if round_ == 2:
             await second.sync()  # a replica that follows along part of the way
-    assert first.linucb.counts.sum() == 40
-    assert first.thompson.counts.sum() == 40
+    assert first.bandits["linucb"].counts.sum() == 40
+    assert first.bandits["thompson"].counts.sum() == 40
     restarted = replica(clients, namespace, min_history=4)  # a new process: prior state
-    assert restarted.linucb.counts.sum() == 0
+    assert restarted.bandits["linucb"].counts.sum() == 0
     assert await restarted.sync() == 40
     assert await second.sync() == 16
     assert_same_bandits(first, restarted)
@@ -110,7 +110,7 @@ async def test_concurrent_syncs_apply_each_event_once(clients, namespace) -> Non
     await writer.feedback(await remember_items(writer, 12), np.arange(12.0))
     applied = await asyncio.gather(reader.sync(), reader.sync(), reader.sync())
     assert sum(applied) == 12
-    assert reader.linucb.counts.sum() == 12
+    assert reader.bandits["linucb"].counts.sum() == 12
 
 
 async def test_rewards_are_normalized_against_the_shared_history(clients, namespace) -> None:

@@ -6,7 +6,8 @@ import pytest
 
 from moerm.data.synthetic import synthetic_capabilities, synthetic_classifier_examples, synthetic_pairs
 from moerm.train.loop import TrainSettings
-from moerm.train.recipe import Recipe, RecipeInputs, RecipeSettings
+from moerm.train.recipe import Recipe
+from moerm.train.settings import RecipeInputs, RecipeSettings
 
 SETTINGS = RecipeSettings(
     phase1=TrainSettings(epochs=2, lr=1e-3, batch_size=8, max_length=96),

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 from moerm.data.synthetic import synthetic_capabilities, synthetic_pairs
 from moerm.judges.contrast import build_contrast_pairs, contrast_labels
 from moerm.train.loop import TrainSettings
-from moerm.train.recipe import Recipe, RecipeInputs, RecipeSettings
+from moerm.train.recipe import Recipe
+from moerm.train.settings import RecipeInputs, RecipeSettings
 
 TASK = "writing"  # capabilities: relevance (other_prompt), fluency (typos)
 SETTINGS = RecipeSettings(

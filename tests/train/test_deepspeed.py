@@ -44,7 +44,7 @@ def test_zero2_matches_plain_training(tmp_path):
         for key in a:
             assert torch.allclose(a[key], b[key], atol=1e-5), key
     # Training moved the weights (so the comparison is not between two untouched copies).
-    from moerm.train.models import new_head
+    from moerm.models.experts import new_head
 
     head = load_file(str(tmp_path / "ds" / "base" / "head.safetensors"))["base.weight"]
     assert not torch.allclose(head, new_head(384, zero2.seed).weight, atol=1e-4)

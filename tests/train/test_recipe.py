@@ -13,7 +13,8 @@ from safetensors.torch import load_file
 
 from moerm.bundle import Bundle
 from moerm.errors import BundleError
-from moerm.experts import RewardModel, load_task_base_model, load_task_experts
+from moerm.models.experts import RewardModel
+from moerm.models.loading import load_task_base_model, load_task_experts
 from moerm.train.loop import PairTokenizer, TrainSettings, bradley_terry_loss, pairwise_accuracy
 from moerm.train.recipe import comparisons
 from tests.train.conftest import synthetic_inputs
@@ -44,10 +45,9 @@ def test_rank_direction_follows_the_data(tmp_path, flip):
     the labels flipped, the same data trains the other way."""
     from peft import PeftModel
 
-    from moerm.backbones import load_backbone
-    from moerm.experts import load_heads
+    from moerm.models.backbones import load_backbone
+    from moerm.models.experts import load_heads, new_head
     from moerm.train.loop import Comparison
-    from moerm.train.models import new_head
     from moerm.train.phase1 import train_base_model
 
     pairs = [p for p in synthetic_inputs(24).train if p.task == "exam"]

@@ -19,10 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from moerm.bundle import Capability
+from moerm.data.io import pair_from_json, pair_to_json
 from moerm.data.records import CapabilityLabel, PreferencePair
+from moerm.data.splits import SplitManifest, load_shared
 from moerm.judges.contrast.families import FAMILIES, EditFamily, capability_map, unreached
 from moerm.judges.contrast.pool import SIDES, ResponsePool, Source
-from moerm.judges.io import pair_from_json, pair_to_json
 
 JUDGE = "contrast"
 
@@ -250,7 +251,6 @@ def heldout_contrast_pairs(
     """(task, capability) -> held-out contrast pairs, made from the test
     split's responses of the shared data (``split_file``: a recipe's
     ``split.json``; default: the split of ``split_seed``)."""
-    from moerm.data.splits import SplitManifest, load_shared
 
     data = load_shared(data_dir)
     manifest = SplitManifest.load(split_file) if split_file else data.split(split_seed)
