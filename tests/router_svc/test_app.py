@@ -10,7 +10,7 @@ import pytest
 from moerm.routing.pool import build_pool
 from moerm.routing.prior import OfflineRouter
 from router_svc.app import thompson_prior
-from tests.router_svc.test_pool import manifest
+from tests.routing.test_pool import manifest
 
 
 def test_prior_rows_follow_the_pool_order(tmp_path: Path) -> None:
