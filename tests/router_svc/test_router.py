@@ -20,7 +20,7 @@ from router_svc.router import Router
 
 
 @pytest.fixture
-def router(minilm_bundle: Path) -> Router:
+async def router(minilm_bundle: Path) -> Router:
     bundle = Bundle.load(minilm_bundle)
     config = RouterConfig(
         bundle=str(minilm_bundle),

@@ -36,7 +36,7 @@ async def remember_items(state: RoutingState, n: int, start: int = 0, seed: int 
 
 def assert_same_bandits(a: RoutingState, b: RoutingState) -> None:
     for name in ("linucb", "thompson"):
-        left, right = getattr(a, name).state(), getattr(b, name).state()
+        left, right = a.bandits[name].state(), b.bandits[name].state()
         for key in left:
             assert np.array_equal(left[key], right[key]), f"{name}.{key}"
 
@@ -70,7 +70,7 @@ async def test_repeated_feedback_is_a_duplicate_and_changes_nothing(clients, nam
     assert set((await state.feedback(ids, raw)).values()) == {"duplicate"}
     for name, arrays in before.items():
         for key, value in arrays.items():
-            assert np.array_equal(getattr(state, name).state()[key], value)
+            assert np.array_equal(state.bandits[name].state()[key], value)
     assert np.array_equal(await state.store.raw_history(100), history)  # the history did not grow
     assert await state.store.log_length() == 6
 

@@ -26,6 +26,7 @@ import numpy as np
 from moerm.evaluate.metrics import Accuracy
 from moerm.evaluate.routing.prior import train_offline_router
 from moerm.evaluate.routing.simulate import check_labels, make_policies, replay
+from moerm.routing import policies
 from moerm.routing.feedback import FeedbackNormalizer
 from moerm.routing.prior import PRIOR_SCALE, OfflineRouter
 
@@ -99,12 +100,12 @@ def routing_accuracy(
         router = train_offline_router(X[train], correct[train], arms=arms, seed=seed)
     accuracy, ties = fixed_rows(correct[test], arms)
     choices = {"offline_router": router.choose(X[test])}
-    policies = make_policies(
+    bandits = make_policies(
         arms, X.shape[1], alpha=alpha, lam=lam, lam0=lam0, prior=router, prior_scale=prior_scale
     )
     for i, name in enumerate((*policies.names(policies.BANDIT), "thompson_prior")):
         rng = np.random.default_rng([seed, i])
-        policy = policies[name]
+        policy = bandits[name]
         replay(
             policy,
             X[train],
