@@ -1,10 +1,10 @@
 """bf16 against float32: how far the expert service's scores move, and how often the
 order of a preference pair flips, on the shared data's held-out test pairs.
 
-Scores every non-tie test pair whose task the bundle has (chosen and rejected) with the
-expert scorer in float32 and in bf16 (weights bf16, residual stream float32 under
-autocast): each capability expert, the task base model when the bundle has one, and
-DMoERM's reward (the aggregator over the experts). Reports per output the largest and
+Scores every non-tie test pair whose task the bundle has (chosen and rejected) with that
+task's expert scorer in float32 and in bf16 (weights bf16, residual stream float32 under
+autocast; ``expert_svc/precision.py``): each capability expert, the task base model when
+the bundle has one, and DMoERM's reward (the aggregator over the experts). Reports per output the largest and
 median |bf16 - float32| relative to the float32 scores' standard deviation, and the
 share of pairs whose order (chosen above rejected or not) is the same, with a 95%
 Wilson interval.
@@ -27,10 +27,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from expert_svc.scorer import ExpertInput, ExpertScorer  # noqa: E402
+from expert_svc.precision import compare, score_pairs  # noqa: E402
 from moerm.bundle import Bundle  # noqa: E402
-from moerm.evaluate.metrics import wilson_interval  # noqa: E402
-from moerm.models.aggregator import Aggregator  # noqa: E402
 
 
 def test_pairs(bundle: Bundle, limit: int | None):
@@ -46,45 +44,13 @@ def test_pairs(bundle: Bundle, limit: int | None):
 
 
 def score(bundle: Bundle, pairs, dtype: str, max_length: int) -> dict[str, np.ndarray]:
-    """Output name -> (n_pairs, 2) scores of (chosen, rejected), every output of every task."""
-    out: dict[str, list] = {}
-    aggregator = Aggregator(bundle)
+    """Output name -> (n_pairs, 2) scores of (chosen, rejected): each task's outputs on
+    the test pairs of that task."""
+    out: dict[str, np.ndarray] = {}
     for task in sorted({p.task for p in pairs}):
         rows = [p for p in pairs if p.task == task]
-        scorer = ExpertScorer(bundle, task, dtype=dtype, max_length=max_length)
-        scorer.load()
-        with_base = scorer.has_base
-        items = [ExpertInput(p.turns, r, True, with_base) for p in rows for r in (p.chosen, p.rejected)]
-        scores, hidden, base = scorer.score(scorer.prepare(items))
-        outputs = {f"expert {i + 1} of K": scores[:, i] for i in range(scores.shape[1])}
-        if with_base:
-            outputs["task base model"] = base
-        outputs["DMoERM reward"] = aggregator.tasks[task].raw(scores, hidden)
-        for name, values in outputs.items():
-            out.setdefault(name, []).append(values.reshape(-1, 2))
-    return {name: np.concatenate(parts) for name, parts in out.items()}
-
-
-def compare(reference: dict[str, np.ndarray], other: dict[str, np.ndarray]) -> list[dict]:
-    rows = []
-    for name, ref in reference.items():
-        got = other[name]
-        spread = float(ref.std()) or 1.0
-        delta = np.abs(got - ref)
-        same = int(((ref[:, 0] > ref[:, 1]) == (got[:, 0] > got[:, 1])).sum())
-        low, high = wilson_interval(same, len(ref))
-        rows.append(
-            {
-                "output": name,
-                "pairs": len(ref),
-                "same_order": same,
-                "agreement": same / len(ref),
-                "ci95": [low, high],
-                "max_abs_diff_over_std": float(delta.max()) / spread,
-                "median_abs_diff_over_std": float(np.median(delta)) / spread,
-            }
-        )
-    return rows
+        out.update(score_pairs(bundle, task, rows, dtype=dtype, max_length=max_length))
+    return out
 
 
 def main() -> None:
@@ -99,7 +65,7 @@ def main() -> None:
     started = time.perf_counter()
     f32 = score(bundle, pairs, "float32", args.max_length)
     bf16 = score(bundle, pairs, "bfloat16", args.max_length)
-    rows = compare(f32, bf16)
+    rows = [agreement.row() for agreement in compare(f32, bf16)]
     lines = [
         f"## bf16 against float32: {Path(args.bundle).name} ({bundle.manifest.backbone.ref}), "
         f"{len(pairs)} non-tie shared-data test pairs, up to {args.max_length} tokens",

@@ -323,7 +323,8 @@ def staged(out: str | Path) -> Iterator[Path]:
     out = Path(out)
     if out.exists():
         raise FileExistsError(f"{out} already exists")
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent if out.parent.exists() else None))
+    out.parent.mkdir(parents=True, exist_ok=True)  # the staging folder must sit on the same filesystem
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
     try:
         yield staging
         staging.rename(out)

@@ -4,8 +4,10 @@
 to another device (``bench/gpu_check.sh`` runs them on CUDA).
 
 Session-wide: ``redis_url`` (a Redis-protocol server for cache tests),
-``minilm_bundle`` (a small untrained bundle on the MiniLM backbone) and, for the slow
-tier, ``smollm2_bundle`` (one task with K = 5 experts and a base model on SmolLM2).
+``minilm_bundle`` (a small untrained bundle on the MiniLM backbone), ``trained`` (the
+recipe run once on synthetic data, and its bundle), ``shared_dir`` and ``shared`` (the
+shared preference data; skip when it is absent) and, for the slow tier, ``smollm2_bundle``
+(one task with K = 5 experts and a base model on SmolLM2).
 """
 
 from __future__ import annotations
@@ -80,3 +82,39 @@ def smollm2_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("bundles")
     create_bundle(root / "smollm2-plain", [task], backbone="smollm2", seed=0)
     return with_random_base_models(root / "smollm2-plain", root / "smollm2")
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory):
+    """(recipe, bundle): every step of the recipe run once on synthetic data; "tone" has
+    no labels (stays untrained)."""
+    from moerm.train.recipe import Recipe
+    from tests.synthetic_recipe import SETTINGS, synthetic_inputs
+
+    work = tmp_path_factory.mktemp("work")
+    recipe = Recipe(work, synthetic_inputs(drop_capability="tone"), SETTINGS, progress=False)
+    recipe.all()
+    bundle = recipe.assemble(tmp_path_factory.mktemp("bundle") / "b")
+    return recipe, bundle
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    """The shared preference data's folder; skips the test when it is absent."""
+    from moerm.data.loaders import missing_shared_files, shared_data_dir
+
+    path = shared_data_dir()
+    if path is None:
+        pytest.skip("shared data not found: set $MOERM_DATA_DIR or put it in <repo>/../shared/data")
+    missing = missing_shared_files(path)
+    if missing:
+        pytest.skip(f"shared data in {path} lacks {', '.join(missing)}")
+    return path
+
+
+@pytest.fixture(scope="session")
+def shared(shared_dir: Path):
+    """Everything in the shared data folder, loaded once."""
+    from moerm.data.splits import load_shared
+
+    return load_shared(shared_dir)

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from moerm.train.loop import TrainSettings
 from moerm.train.recipe import comparisons
-from tests.train.conftest import synthetic_inputs
+from tests.synthetic_recipe import synthetic_inputs
 
 pytestmark = [
     pytest.mark.slow,

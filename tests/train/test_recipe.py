@@ -17,7 +17,7 @@ from moerm.models.experts import RewardModel
 from moerm.models.loading import load_task_base_model, load_task_experts
 from moerm.train.loop import PairTokenizer, TrainSettings, bradley_terry_loss, pairwise_accuracy
 from moerm.train.recipe import comparisons
-from tests.train.conftest import synthetic_inputs
+from tests.synthetic_recipe import synthetic_inputs
 
 
 def test_bradley_terry_loss_value_and_direction():
@@ -169,7 +169,7 @@ def test_missing_or_corrupt_base_adapter_names_the_file(trained, tmp_path):
 
 def test_phase_steps_check_their_inputs(tmp_path):
     from moerm.train.recipe import Recipe
-    from tests.train.conftest import SETTINGS
+    from tests.synthetic_recipe import SETTINGS
 
     recipe = Recipe(tmp_path / "w", synthetic_inputs(4), SETTINGS, progress=False)
     with pytest.raises(FileNotFoundError, match="moerm train phase1"):

@@ -13,7 +13,7 @@ from moerm.train.loop import TrainSettings
 from moerm.train.phase1 import train_base_model
 from moerm.train.recipe import Recipe, comparisons
 from moerm.train.trunk import TrunkCache, TrunkPairEncoder
-from tests.train.conftest import SETTINGS, synthetic_inputs
+from tests.synthetic_recipe import SETTINGS, synthetic_inputs
 
 TOP = (3, 4, 5)  # MiniLM has 6 layers
 

@@ -32,7 +32,7 @@ def run(tmp_path_factory):
 
     from moerm.train import inputs
     from moerm.train.recipe import Recipe
-    from tests.train.conftest import SETTINGS
+    from tests.synthetic_recipe import SETTINGS
 
     prepared = inputs.synthetic(per_task=PER_TASK)
     work = tmp_path_factory.mktemp("recipe")

@@ -1,12 +1,10 @@
-"""A small recipe run on the project's synthetic data, shared by the training tests."""
+"""A small recipe on the project's synthetic data: its settings and inputs (the session
+fixture ``trained`` in ``tests/conftest.py`` runs it once)."""
 
 from __future__ import annotations
 
-import pytest
-
 from moerm.data.synthetic import synthetic_capabilities, synthetic_classifier_examples, synthetic_pairs
 from moerm.train.loop import TrainSettings
-from moerm.train.recipe import Recipe
 from moerm.train.settings import RecipeInputs, RecipeSettings
 
 SETTINGS = RecipeSettings(
@@ -30,13 +28,3 @@ def synthetic_inputs(per_task: int = 16, drop_capability: str | None = None) -> 
         labels=kept,
         description="synthetic (tests)",
     )
-
-
-@pytest.fixture(scope="package")
-def trained(tmp_path_factory):
-    """(recipe, bundle): every step run once; "tone" has no labels (stays untrained)."""
-    work = tmp_path_factory.mktemp("work")
-    recipe = Recipe(work, synthetic_inputs(drop_capability="tone"), SETTINGS, progress=False)
-    recipe.all()
-    bundle = recipe.assemble(tmp_path_factory.mktemp("bundle") / "b")
-    return recipe, bundle
