@@ -8,6 +8,7 @@ import sys
 from aggregator_svc.app import build_aggregator
 from aggregator_svc.config import AggregatorConfig
 from moerm.config import parse_config
+from moerm.processes import die_with_parent
 from moerm.server import run_until_signalled, setup_logging
 
 
@@ -18,6 +19,7 @@ async def serve(config: AggregatorConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # started by `moerm up`: stop when it dies, however it dies
     config = parse_config(AggregatorConfig, argv, prog="aggregator_svc")
     setup_logging(config.log_level)
     asyncio.run(serve(config))

@@ -19,4 +19,6 @@ def build_aggregator(config: AggregatorConfig) -> Server:
         [SERVICE_NAME],
         host=config.host,
         port=config.port,
+        max_message_bytes=config.max_message_mb * 1024 * 1024,
+        max_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )

@@ -15,6 +15,10 @@ class AggregatorConfig:
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
+    max_message_mb: int = option(64, "largest gRPC message received or sent, in MiB")
+    max_concurrent_rpcs: int = option(
+        0, "calls in progress beyond which new ones get RESOURCE_EXHAUSTED (0: no bound)"
+    )
     grace_s: float = option(5.0, "seconds to drain in-flight calls on shutdown")
     log_level: str = option("INFO", "logging level")
 

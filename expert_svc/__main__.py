@@ -10,6 +10,7 @@ from expert_svc.app import build_expert
 from expert_svc.config import ExpertConfig
 from moerm.config import parse_config
 from moerm.memory import keep_freed_memory
+from moerm.processes import die_with_parent
 from moerm.server import run_until_signalled, setup_logging
 
 
@@ -25,6 +26,7 @@ async def serve(config: ExpertConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # started by `moerm up`: stop when it dies, however it dies
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = parse_config(ExpertConfig, argv, prog="expert_svc")
     setup_logging(config.log_level)

@@ -61,13 +61,18 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         max_delay_s=config.max_queue_delay_ms / 1000.0,
         refill_wait_s=config.refill_wait_ms / 1000.0,
         max_queue_items=config.max_queue_items,
+        max_wait_s=config.max_queue_wait_s,
     )
-    servicer = ExpertServicer(scorer, batcher, norm=(config.norm_mean, config.norm_std))
+    servicer = ExpertServicer(
+        scorer, batcher, norm=(config.norm_mean, config.norm_std), max_request_items=config.max_request_items
+    )
     server = create_server(
         lambda s: expert_pb2_grpc.add_ExpertServiceServicer_to_server(servicer, s),
         [SERVICE_NAME],
         host=config.host,
         port=config.port,
         serving=False,
+        max_message_bytes=config.max_message_mb * 1024 * 1024,
+        max_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
     return ExpertApp(server=server, scorer=scorer, batcher=batcher, servicer=servicer)

@@ -26,6 +26,15 @@ class ExpertConfig:
         100.0, "how long a batch may wait for as many items as the previous one had (callers coming back)"
     )
     max_queue_items: int = option(4096, "queued items beyond which calls get RESOURCE_EXHAUSTED")
+    max_queue_wait_s: float = option(
+        60.0,
+        "reject a call at once (RESOURCE_EXHAUSTED) when the queue's expected wait exceeds this or its deadline",
+    )
+    max_request_items: int = option(1024, "most items in one request (more: INVALID_ARGUMENT)")
+    max_message_mb: int = option(64, "largest gRPC message received or sent, in MiB")
+    max_concurrent_rpcs: int = option(
+        0, "calls in progress beyond which new ones get RESOURCE_EXHAUSTED (0: no bound)"
+    )
     max_length: int = option(0, "token limit per item (0: the backbone's context length)")
     torch_threads: int = option(0, "torch intra-op threads (0: torch's default)")
     device: str = option("cpu", "where the model runs: cpu, cuda or cuda:N")
@@ -53,6 +62,10 @@ class ExpertConfig:
             or min(self.max_queue_delay_ms, self.refill_wait_ms) < 0
         ):
             raise SystemExit("expert_svc: batch size and queue limits must be positive")
+        if self.max_queue_wait_s <= 0 or self.max_request_items < 1 or self.max_message_mb < 1:
+            raise SystemExit(
+                "expert_svc: --max-queue-wait-s, --max-request-items and --max-message-mb must be positive"
+            )
         if self.max_batch_tokens < 1 or self.max_length < 0 or self.min_shared_prefix < 1:
             raise SystemExit("expert_svc: --max-batch-tokens and --min-shared-prefix must be positive")
         if self.dtype not in DTYPES:

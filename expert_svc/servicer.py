@@ -9,15 +9,20 @@ import grpc
 
 from expert_svc.scorer import ExpertInput, ExpertScorer, PreparedItem
 from moerm.batching import DynamicBatcher
-from moerm.errors import FieldViolation, InvalidArgument, Unavailable
+from moerm.errors import FieldViolation, InvalidArgument, Unavailable, shown
 from moerm.tensors import to_proto
 from moerm.text import ROLES, Turn
 from moerm.v1 import expert_pb2, expert_pb2_grpc
 
 
-def parse_items(request: expert_pb2.ExpertRequest) -> list[ExpertInput]:
+def parse_items(request: expert_pb2.ExpertRequest, max_items: int) -> list[ExpertInput]:
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
+    if len(request.items) > max_items:
+        # More than the queue can ever hold: retrying cannot help, so not RESOURCE_EXHAUSTED.
+        raise InvalidArgument.field(
+            "items", f"{len(request.items)} items in one request (at most {max_items}); split the request"
+        )
     experts = not request.base_only
     base = request.return_base or request.base_only
     items, violations = [], []
@@ -27,7 +32,7 @@ def parse_items(request: expert_pb2.ExpertRequest) -> list[ExpertInput]:
         for j, message in enumerate(item.messages):
             if message.role not in ROLES:
                 violations.append(
-                    FieldViolation(f"items[{i}].messages[{j}].role", f"unknown role {message.role!r}")
+                    FieldViolation(f"items[{i}].messages[{j}].role", f"unknown role {shown(message.role)}")
                 )
         turns = tuple(Turn(m.role, m.content) for m in item.messages)
         items.append(ExpertInput(turns, item.response, experts=experts, base=base))
@@ -38,9 +43,15 @@ def parse_items(request: expert_pb2.ExpertRequest) -> list[ExpertInput]:
 
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
     def __init__(
-        self, scorer: ExpertScorer, batcher: DynamicBatcher, *, norm: tuple[float, float] = (0.0, 0.0)
+        self,
+        scorer: ExpertScorer,
+        batcher: DynamicBatcher,
+        *,
+        norm: tuple[float, float] = (0.0, 0.0),
+        max_request_items: int = 4096,
     ):
         self.scorer = scorer
+        self.max_request_items = max_request_items
         self.batcher = batcher
         self.norm = norm  # (mean, std) of the first score column; std 0: not declared
         # Tokenizing runs beside the model's thread, so a batch is prepared while another runs.
@@ -56,7 +67,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
     def _check(self, request: expert_pb2.ExpertRequest) -> None:
         task = self.scorer.task.name
         if request.task != task:
-            raise InvalidArgument.field("task", f"this expert serves {task!r}, not {request.task!r}")
+            raise InvalidArgument.field("task", f"this expert serves {task!r}, not {shown(request.task)}")
         if (request.return_base or request.base_only) and not self.scorer.has_base:
             field = "base_only" if request.base_only else "return_base"
             raise InvalidArgument.field(field, f"task {task!r} has no base model (an untrained bundle)")
@@ -65,10 +76,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         if not self.scorer.loaded:
             raise Unavailable(f"expert {self.scorer.task.name!r} is still loading its model")
         self._check(request)
-        items = parse_items(request)
+        items = parse_items(request, min(self.max_request_items, self.batcher.max_queue_items))
         loop = asyncio.get_running_loop()
         prepared, costs = await loop.run_in_executor(self._prepare, self._prepared, items)
-        scores, hidden, base = await self.batcher.submit(prepared, costs)
+        scores, hidden, base = await self.batcher.submit(
+            prepared, costs, time_left_s=context.time_remaining()
+        )
         response = expert_pb2.ExpertResponse(
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,

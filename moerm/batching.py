@@ -12,6 +12,17 @@ time. So a batch may also wait up to ``refill_wait_s`` until it holds as many it
 the previous batch did (a lone caller refills it at once and waits for nobody). The model function runs on one dedicated worker
 thread, never on the event loop. Callers that have gone (cancelled, or past their
 deadline) are dropped before their items run.
+
+Fairness: a request that does not fit in a batch goes, with the items it has left,
+behind every request that arrived while that batch ran, so one caller's large request
+is interleaved batch by batch with the other callers' work instead of blocking them
+until it is done (and a GRPO group still fills a batch together, for prefix sharing).
+
+Admission: the batcher measures its service rate (tokens per second over recent
+batches). A request is rejected at once (RESOURCE_EXHAUSTED) when the expected wait
+for the work ahead of it and its own items exceeds the caller's remaining deadline or
+``max_wait_s``: it would not finish in time anyway, and computing it would only delay
+the callers who can still be served.
 """
 
 from __future__ import annotations
@@ -60,8 +71,30 @@ class BatcherStats:
     batches: int = 0
     items: int = 0
     requests: int = 0
-    rejected: int = 0
+    rejected: int = 0  # queue full, or expected to finish too late
+    rejected_late: int = 0  # of rejected: the expected wait exceeded the deadline or max_wait_s
     tokens: float = 0.0
+
+
+class ServiceRate:
+    """Tokens per second of the model function, smoothed over recent batches."""
+
+    def __init__(self, smoothing: float = 0.3):
+        self.smoothing = smoothing
+        self.tokens_per_s: float | None = None  # None until a batch has run
+
+    def observe(self, tokens: float, seconds: float) -> None:
+        if seconds <= 0 or tokens <= 0:
+            return
+        rate = tokens / seconds
+        if self.tokens_per_s is None:
+            self.tokens_per_s = rate
+        else:
+            self.tokens_per_s += self.smoothing * (rate - self.tokens_per_s)
+
+    def seconds_for(self, tokens: float) -> float:
+        """Expected time to compute ``tokens`` (0 while nothing has been measured)."""
+        return tokens / self.tokens_per_s if self.tokens_per_s else 0.0
 
 
 class DynamicBatcher:
@@ -74,6 +107,7 @@ class DynamicBatcher:
         max_queue_items: int,
         max_batch_tokens: float = float("inf"),
         refill_wait_s: float = 0.0,
+        max_wait_s: float = float("inf"),
     ):
         self.fn = fn
         self.max_batch_size = max_batch_size
@@ -81,9 +115,13 @@ class DynamicBatcher:
         self.max_delay_s = max_delay_s
         self.refill_wait_s = refill_wait_s
         self.max_queue_items = max_queue_items
+        self.max_wait_s = max_wait_s
+        self.rate = ServiceRate()
+        self._queued_cost = 0.0  # tokens submitted and not yet finished
         self._last_batch_items = 0
         self.stats = BatcherStats()
         self._queue: deque[_Pending] = deque()
+        self._resume: deque[_Pending] = deque()  # split requests, queued again at the next batch
         self._arrived = asyncio.Event()
         self._queued_items = 0  # submitted and not yet finished (queued or running)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="scorer")
@@ -95,7 +133,7 @@ class DynamicBatcher:
 
     @property
     def queued_requests(self) -> int:
-        return len(self._queue)
+        return len(self._queue) + len(self._resume)
 
     def start(self) -> None:
         if self._worker is None:
@@ -109,17 +147,29 @@ class DynamicBatcher:
             except asyncio.CancelledError:
                 pass
             self._worker = None
+        self._queue.extend(self._resume)
+        self._resume.clear()
         while self._queue:
             pending = self._queue.popleft()
             if not pending.gone:
                 pending.future.set_exception(Unavailable("expert is shutting down"))
         self._executor.shutdown(wait=True)
 
+    def expected_wait_s(self, cost: float) -> float:
+        """Expected seconds until work of ``cost`` tokens submitted now is done."""
+        return self.rate.seconds_for(self._queued_cost + cost)
+
     async def submit(
-        self, items: Sequence[Any], costs: Sequence[float] | None = None
+        self,
+        items: Sequence[Any],
+        costs: Sequence[float] | None = None,
+        *,
+        time_left_s: float | None = None,
     ) -> tuple[np.ndarray, ...]:
         """Outputs for ``items``, computed in batches with other callers' items.
-        ``costs``: each item's tokens (default 1)."""
+        ``costs``: each item's tokens (default 1). ``time_left_s``: the caller's
+        remaining deadline; the request is rejected at once when it is not expected to
+        finish within it (or within ``max_wait_s``)."""
         if self._worker is None:
             raise Unavailable("batcher not running")
         if self._queued_items + len(items) > self.max_queue_items:
@@ -128,8 +178,19 @@ class DynamicBatcher:
                 f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
             )
         costs = list(costs) if costs is not None else [1.0] * len(items)
+        cost = float(sum(costs))
+        wait = self.expected_wait_s(cost)
+        bound = min(self.max_wait_s, time_left_s if time_left_s is not None else float("inf"))
+        if wait > bound:
+            self.stats.rejected += 1
+            self.stats.rejected_late += 1
+            raise ResourceExhausted(
+                f"expert overloaded: expected to finish in {wait:.1f}s, "
+                f"{'the deadline is' if bound != self.max_wait_s else 'the bound is'} {bound:.1f}s"
+            )
         pending = _Pending(items, costs, asyncio.get_running_loop().create_future())
         self._queued_items += len(items)
+        self._queued_cost += cost
         self.stats.requests += 1
         self._queue.append(pending)
         self._arrived.set()
@@ -143,9 +204,12 @@ class DynamicBatcher:
         while self._queue and self._queue[0].gone:
             gone = self._queue.popleft()
             self._queued_items -= len(gone.items) - gone.taken
+            self._queued_cost -= sum(gone.costs[gone.taken :])
 
     def _fill(self, batch: list[_Slice], size: int, tokens: float) -> tuple[int, float, bool]:
-        """Move queued items into ``batch`` while they fit; True when the batch is full."""
+        """Move queued items into ``batch`` while they fit; True when the batch is full.
+        A request with items left over waits for the next batch behind every request
+        that arrives meanwhile (:meth:`_collect` queues it again)."""
         while True:
             self._drop_gone()
             if not self._queue:
@@ -160,13 +224,15 @@ class DynamicBatcher:
             if end > start:
                 batch.append(_Slice(pending, start, end))
                 pending.taken = end
-            if pending.taken == len(pending.items):
-                self._queue.popleft()
-            else:
+            self._queue.popleft()
+            if pending.taken < len(pending.items):
+                self._resume.append(pending)
                 return size, tokens, True
 
     async def _collect(self) -> tuple[list[_Slice], float]:
         loop = asyncio.get_running_loop()
+        self._queue.extend(self._resume)  # split requests: behind those that came meanwhile
+        self._resume.clear()
         while True:
             self._drop_gone()
             if self._queue:
@@ -213,7 +279,10 @@ class DynamicBatcher:
             try:
                 if live:
                     items = [item for part in live for item in part.pending.items[part.start : part.end]]
+                    started = loop.time()
                     outputs = await loop.run_in_executor(self._executor, self.fn, items)
+                    live_tokens = sum(sum(p.pending.costs[p.start : p.end]) for p in live)
+                    self.rate.observe(live_tokens, loop.time() - started)
                     self._last_batch_items = len(items)
                     self.stats.batches += 1
                     self.stats.items += len(items)
@@ -229,3 +298,4 @@ class DynamicBatcher:
                         part.pending.future.set_exception(Internal(f"scoring failed: {type(error).__name__}"))
             finally:
                 self._queued_items -= size
+                self._queued_cost -= sum(sum(p.pending.costs[p.start : p.end]) for p in batch)

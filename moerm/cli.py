@@ -161,6 +161,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         redis_url=args.redis_url,
         log_dir=args.log_dir,
         log_level=args.log_level,
+        state_dir=args.state_dir or None,
     )
     print(f"starting moerm from {bundle} (logs in {cluster.log_dir}) ...", file=sys.stderr)
     with cluster:
@@ -323,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("--port", type=int, default=50051, help="router port (0: any free port)")
     up.add_argument("--host", default="127.0.0.1", help="address to bind")
     up.add_argument("--redis-url", default="", help="use this Redis instead of an embedded server")
+    up.add_argument(
+        "--state-dir",
+        default="",
+        help="keep the bandit state (embedded state server) in this folder across restarts "
+        "(default: in memory, lost when moerm up stops)",
+    )
     up.add_argument("--log-dir", help="where the services write their logs (default: a temp folder)")
     up.add_argument("--log-level", default="INFO")
     up.set_defaults(run=cmd_up)

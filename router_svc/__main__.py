@@ -8,6 +8,7 @@ import sys
 
 from moerm.config import parse_config
 from moerm.memory import keep_freed_memory
+from moerm.processes import die_with_parent
 from moerm.server import run_until_signalled, setup_logging
 from router_svc.app import build_router
 from router_svc.config import RouterConfig
@@ -25,6 +26,7 @@ async def serve(config: RouterConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # started by `moerm up`: stop when it dies, however it dies
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     config = parse_config(RouterConfig, argv, prog="router_svc")
     setup_logging(config.log_level)

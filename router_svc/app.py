@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -18,7 +19,7 @@ from moerm.routing.pool import RewardModelPool, build_pool
 from moerm.routing.prior import OfflineRouter
 from moerm.routing.state import RoutingState
 from moerm.routing.store import BanditStore
-from moerm.server import Server, create_server
+from moerm.server import NOT_SERVING, SERVING, Server, create_server
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from router_svc.config import RouterConfig
 from router_svc.fanout import Downstream
@@ -30,11 +31,21 @@ log = logging.getLogger(__name__)
 SERVICE_NAME = reward_pb2.DESCRIPTOR.services_by_name["RewardService"].full_name
 
 
+TASK_HEALTH_PERIOD_S = 1.0
+
+
+def task_service_name(task: str) -> str:
+    """The health service name that says whether ``task`` has a live expert."""
+    return f"{SERVICE_NAME}/{task}"
+
+
 @dataclass
 class RouterApp:
     server: Server
     router: Router
     embedded_redis: EmbeddedRedis | None = None
+    embedded_state: EmbeddedRedis | None = None
+    _health_task: asyncio.Task | None = None
 
     @property
     def address(self) -> str:
@@ -42,6 +53,20 @@ class RouterApp:
 
     async def load(self) -> None:
         await self.router.load()
+        await self.report_tasks()
+        self._health_task = asyncio.get_running_loop().create_task(self._watch_tasks(), name="task-health")
+
+    async def report_tasks(self) -> None:
+        """Each task's health name SERVING while its experts are live, else NOT_SERVING
+        (the router itself stays SERVING: other tasks and ensembles still answer)."""
+        for task in self.router.bundle.manifest.tasks:
+            live = self.router.downstream.live(task)
+            await self.server.health.set(task_service_name(task), SERVING if live else NOT_SERVING)
+
+    async def _watch_tasks(self) -> None:
+        while True:
+            await asyncio.sleep(TASK_HEALTH_PERIOD_S)
+            await self.report_tasks()
 
     async def start(self) -> None:
         await self.server.start()
@@ -49,9 +74,13 @@ class RouterApp:
         await self.server.set_serving(True)
 
     async def close(self) -> None:
+        if self._health_task is not None:
+            self._health_task.cancel()
+            self._health_task = None
         await self.router.close()
-        if self.embedded_redis is not None:
-            self.embedded_redis.stop()
+        for server in (self.embedded_redis, self.embedded_state):
+            if server is not None:
+                server.stop()
 
     async def stop(self, grace_s: float = 1.0) -> None:
         await self.server.set_serving(False)
@@ -116,6 +145,21 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         embedded = EmbeddedRedis().start()
         url = embedded.url
         log.info("score cache and bandit state: embedded server at %s", url)
+    state_url = None
+    embedded_state = None
+    if url is not None:
+        # Bandit state never shares the cache's eviction: a flood of new scores must not
+        # evict feedback markers (a retried Feedback would apply twice) or decisions.
+        state_url = config.state_redis_url or (config.redis_url if embedded is None else "")
+        if not state_url:
+            embedded_state = EmbeddedRedis.for_state(config.state_dir or None).start()
+            state_url = embedded_state.url
+            where = (
+                f"persisted in {config.state_dir}"
+                if config.state_dir
+                else "in memory only (--state-dir keeps it)"
+            )
+            log.info("bandit state: embedded server at %s that never evicts, %s", state_url, where)
     cache = ScoreCache(
         url,
         ttl_s=config.cache_ttl_s,
@@ -124,7 +168,7 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
     )
     dim = bundle.manifest.router.embed_dim
     hyper = hyperparameters(config, pool, dim)
-    state = bandit_state(config, url, pool, hyper, dim) if url else None
+    state = bandit_state(config, state_url, pool, hyper, dim) if state_url else None
     downstream = Downstream(config.expert_endpoints, config.aggregator, config.external_endpoints)
     try:
         placement = resolve("cpu", config.embed_dtype)
@@ -146,5 +190,7 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         host=config.host,
         port=config.port,
         serving=False,
+        max_message_bytes=config.max_message_mb * 1024 * 1024,
+        max_concurrent_rpcs=config.max_concurrent_rpcs or None,
     )
-    return RouterApp(server=server, router=router, embedded_redis=embedded)
+    return RouterApp(server=server, router=router, embedded_redis=embedded, embedded_state=embedded_state)

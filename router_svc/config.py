@@ -90,6 +90,23 @@ class RouterConfig:
     )
     max_items: int = option(1024, "most items in one Score or Feedback request")
     max_text_chars: int = option(32768, "longest prompt, message or response, in characters")
+    max_feedback_abs: float = option(
+        1e6, "largest |reward| a Feedback item may carry (more: INVALID_ARGUMENT)"
+    )
+    max_message_mb: int = option(64, "largest gRPC message received or sent, in MiB")
+    max_concurrent_rpcs: int = option(
+        0, "calls in progress beyond which new ones get RESOURCE_EXHAUSTED (0: no bound)"
+    )
+    state_redis_url: str = option(
+        "",
+        "bandit state and feedback markers: redis://HOST:PORT/DB, best a server with maxmemory-policy "
+        "noeviction; empty: the --redis-url server when one is given, else a second embedded server "
+        "that never evicts",
+    )
+    state_dir: str = option(
+        "",
+        "embedded state server only: keep the bandit state in this folder across restarts (empty: in memory)",
+    )
     default_timeout_s: float = option(60.0, "deadline for downstream calls when the caller sets none")
     grace_s: float = option(10.0, "seconds to drain in-flight calls on shutdown")
     log_level: str = option("INFO", "logging level")
@@ -109,8 +126,10 @@ class RouterConfig:
         parse_endpoints(self.experts)
         parse_endpoints(self.external, "NAME")
         parse_norms(self.rm_norm)
-        if self.max_items < 1 or self.max_text_chars < 1:
-            raise SystemExit("router_svc: max_items and max_text_chars must be positive")
+        if self.max_items < 1 or self.max_text_chars < 1 or self.max_message_mb < 1:
+            raise SystemExit("router_svc: max_items, max_text_chars and max_message_mb must be positive")
+        if not (math.isfinite(self.max_feedback_abs) and 0 < self.max_feedback_abs <= 1e150):
+            raise SystemExit("router_svc: --max-feedback-abs must be a finite number in (0, 1e150]")
         if self.linucb_lambda <= 0 or self.thompson_lambda0 <= 0 or self.linucb_alpha < 0:
             raise SystemExit("router_svc: --linucb-lambda and --thompson-lambda0 must be > 0, alpha >= 0")
         if self.embed_dtype not in DTYPES or self.embed_max_tokens < 0 or self.torch_threads < 0:

@@ -30,6 +30,10 @@ CHANNEL_OPTIONS = [
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     # With a dns:/// target of a headless Service, spread calls over replicas.
     ("grpc.lb_policy_name", "round_robin"),
+    # A restarted expert (same port) is reached within seconds, not after gRPC's default
+    # reconnect backoff of up to two minutes.
+    ("grpc.initial_reconnect_backoff_ms", 500),
+    ("grpc.max_reconnect_backoff_ms", 2000),
 ]
 
 
@@ -138,6 +142,13 @@ def _request(call: Call, jobs: Sequence[Job]) -> expert_pb2.ExpertRequest:
     return request
 
 
+async def _done(value):
+    """``value`` as an awaitable (a result, or an exception to raise)."""
+    if isinstance(value, BaseException):
+        raise value
+    return value
+
+
 async def _gather(calls: Sequence[Awaitable]) -> list:
     """Results of concurrent calls; the first domain error (else any failure) is raised."""
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -160,20 +171,52 @@ def _tensor(tensor: tensor_pb2.Tensor, shape: tuple[int, ...], what: str, name: 
     return values
 
 
+RECHECK_S = 1.0  # a target that just failed is left out of choices this long
+
+
+def target_of(spec: RewardModelSpec) -> str:
+    """The downstream a reward model needs: its task's experts, or the external itself."""
+    return spec.name if spec.kind == EXTERNAL else spec.task
+
+
 class Downstream:
     """grpc.aio channels to every task's experts, the externals and the aggregator.
-    Must be created inside the event loop."""
+    Must be created inside the event loop.
+
+    Liveness (:meth:`live`): a target is down while its channel cannot connect
+    (TRANSIENT_FAILURE) or for :data:`RECHECK_S` after a call to it failed as
+    unavailable; policies then leave it out (bandits choose the best live arm,
+    ensembles score with the live members)."""
 
     def __init__(self, expert_endpoints: dict[str, str], aggregator: str, external_endpoints: dict[str, str]):
         self._channels = [grpc.aio.insecure_channel(aggregator, options=CHANNEL_OPTIONS)]
+        self._channel_of: dict[str, grpc.aio.Channel] = {}
         self.aggregator = aggregator_pb2_grpc.AggregatorServiceStub(self._channels[0])
-        self.experts = {task: self._stub(address) for task, address in expert_endpoints.items()}
-        self.externals = {name: self._stub(address) for name, address in external_endpoints.items()}
+        self.experts = {task: self._stub(task, address) for task, address in expert_endpoints.items()}
+        self.externals = {name: self._stub(name, address) for name, address in external_endpoints.items()}
         self.calls = 0  # ScoreBatch calls made, for stats
+        self._failed_at: dict[str, float] = {}
 
-    def _stub(self, address: str) -> expert_pb2_grpc.ExpertServiceStub:
+    def _stub(self, target: str, address: str) -> expert_pb2_grpc.ExpertServiceStub:
         self._channels.append(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        self._channel_of[target] = self._channels[-1]
         return expert_pb2_grpc.ExpertServiceStub(self._channels[-1])
+
+    def live(self, target: str) -> bool:
+        """Whether ``target`` (a task or an external's name) is expected to answer."""
+        failed = self._failed_at.get(target)
+        if failed is not None and time.monotonic() - failed < RECHECK_S:
+            return False
+        channel = self._channel_of.get(target)
+        if channel is None:
+            return False
+        return channel.get_state(try_to_connect=True) != grpc.ChannelConnectivity.TRANSIENT_FAILURE
+
+    def _outcome(self, target: str, error: MoermError | None) -> None:
+        if isinstance(error, (Unavailable, DeadlineExceeded)):
+            self._failed_at[target] = time.monotonic()
+        elif error is None:
+            self._failed_at.pop(target, None)
 
     async def describe(self, name: str, timeout: float) -> expert_pb2.ExpertDescription:
         """An external reward model's Describe, waiting up to ``timeout`` for it to come up."""
@@ -184,11 +227,24 @@ class Downstream:
         except grpc.aio.AioRpcError as error:
             raise from_rpc_error(error, f"external reward model {name!r}") from None
 
-    async def score(self, jobs: Sequence[Job], deadline: float) -> list[MemberScore]:
+    async def score(
+        self, jobs: Sequence[Job], deadline: float, *, partial: bool = False
+    ) -> list[MemberScore | None]:
         """One :class:`MemberScore` per job, in job order. Raises on any failure (a
-        request is answered whole or not at all)."""
+        request is answered whole or not at all), except with ``partial``: then the jobs
+        of a reward model that is unavailable get None (an ensemble scores without it)."""
         calls = plan_calls(jobs)
-        replies = await _gather([self._score_batch(call, _request(call, jobs), deadline) for call in calls])
+        requests = [self._score_batch(call, _request(call, jobs), deadline) for call in calls]
+        if partial:
+            results = await asyncio.gather(*requests, return_exceptions=True)
+            kept = [
+                (call, reply)
+                for call, reply in zip(calls, results, strict=True)
+                if not isinstance(reply, (Unavailable, DeadlineExceeded))
+            ]
+            calls, replies = [c for c, _ in kept], await _gather([_done(r) for _, r in kept])
+        else:
+            replies = await _gather(requests)
         out: list[MemberScore | None] = [None] * len(jobs)
         experts = []
         for call, reply in zip(calls, replies, strict=True):
@@ -220,9 +276,13 @@ class Downstream:
         stub = self.externals[call.target] if call.kind == EXTERNAL else self.experts[call.target]
         self.calls += 1
         try:
-            return await stub.ScoreBatch(request, timeout=remaining)
+            reply = await stub.ScoreBatch(request, timeout=remaining)
         except grpc.aio.AioRpcError as error:
-            raise from_rpc_error(error, call.what) from None
+            failure = from_rpc_error(error, call.what)
+            self._outcome(call.target, failure)
+            raise failure from None
+        self._outcome(call.target, None)
+        return reply
 
     async def _aggregate(self, experts: list, out: list, deadline: float) -> None:
         """One Aggregate call for every task's expert outputs; fills the dmoerm jobs."""

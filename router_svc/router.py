@@ -30,7 +30,7 @@ import numpy as np
 
 from moerm.bundle import Bundle
 from moerm.cache import KeyHasher, ScoreCache
-from moerm.errors import MoermError, NotFound, Unavailable
+from moerm.errors import MoermError, NotFound, Unavailable, shown
 from moerm.models.classifier import Route, TaskClassifier
 from moerm.routing import policies
 from moerm.routing.policies import Hyperparameters
@@ -39,7 +39,7 @@ from moerm.routing.state import NOT_FOUND, RoutingState
 from moerm.routing.store import Decision
 from router_svc.config import RouterConfig
 from router_svc.contexts import PromptContexts
-from router_svc.fanout import Downstream, Job, MemberScore
+from router_svc.fanout import Downstream, Job, MemberScore, target_of
 from router_svc.validation import FeedbackCall, Item, ScoreCall
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,7 @@ class ItemScore:
     policy: str
     cached: bool = False
     member_rewards: dict[str, float] = field(default_factory=dict)  # ensembles only
+    missing: tuple[str, ...] = ()  # ensembles only: members that were unavailable
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,13 @@ class RouterStats:
     feedback_items: int = 0
     feedback_applied: int = 0
     bandit_store_errors: int = 0  # store calls that failed (choices fell back to local state)
+
+
+def decision_id(request_id: str, item_id: str) -> str:
+    """What an item's decision is kept under: the Score call's request_id (a secret only
+    that caller knows) and the item's id, so feedback is bound to the call that scored
+    the item and scoring an id again makes a new decision beside the old one."""
+    return f"{request_id}:{item_id}"
 
 
 class Router:
@@ -174,7 +182,7 @@ class Router:
             routes = self.classifier.routes(probabilities)
             self.stats.fallbacks += sum(route.fallback for route in routes)
         members = await self._members(call, contexts, routes)
-        scores = await self._member_scores(call.items, members, deadline)
+        scores = await self._member_scores(call.items, members, deadline, partial=kind == policies.ENSEMBLE)
         results = [
             self._ensemble(call.policy, scores[i], routes[i])
             if kind == policies.ENSEMBLE
@@ -185,7 +193,7 @@ class Router:
             if result.task:
                 self.stats.by_task[result.task] += 1
         if remembered:
-            await self._remember(call.policy, ids, members, contexts)
+            await self._remember(call.policy, [decision_id(request_id, i) for i in ids], members, contexts)
         return ScoredCall(request_id, ids, results)
 
     async def _members(
@@ -199,8 +207,14 @@ class Router:
         if kind == policies.TASK:
             return [(dmoerm_name(route.task),) for route in routes]
         if kind == policies.ENSEMBLE:
-            return [self.pool.names] * n
+            live = tuple(name for name in self.pool.names if self._live(name))
+            if not live:
+                raise Unavailable("no reward model of the pool is available for the ensemble")
+            return [live] * n
         return [(arm,) for arm in await self._choose(call.policy, call.items, contexts)]
+
+    def _live(self, name: str) -> bool:
+        return self.downstream.live(target_of(self.pool[name]))
 
     async def _choose(self, policy: str, items: Sequence[Item], contexts: np.ndarray) -> list[str]:
         """One bandit arm per distinct prompt, shared by all of its responses (a GRPO
@@ -210,22 +224,32 @@ class Router:
         first: dict[tuple, int] = {}
         rows = [first.setdefault(item.turns, i) for i, item in enumerate(items)]
         distinct = sorted(set(rows))
+        live = np.array([self._live(arm) for arm in self.state.arms])
+        if not live.any():
+            raise Unavailable("no reward model of the pool is available")
+        mask = None if live.all() else live  # a bandit chooses the best live arm
         try:
-            arms = await self.state.choose(policy, contexts[distinct])
+            arms = await self.state.choose(policy, contexts[distinct], live=mask)
         except MoermError:
             raise
         except Exception as error:  # store down: choose from this replica's state as it is
             self.stats.bandit_store_errors += 1
             log.warning("bandit store unreachable, choosing without syncing: %s", error)
-            arms = self.state.choose_unsynced(policy, contexts[distinct])
+            arms = self.state.choose_unsynced(policy, contexts[distinct], live=mask)
         arm_of = dict(zip(distinct, arms, strict=True))
         return [self.state.arms[arm_of[row]] for row in rows]
 
     async def _member_scores(
-        self, items: Sequence[Item], members: Sequence[tuple[str, ...]], deadline: float
+        self,
+        items: Sequence[Item],
+        members: Sequence[tuple[str, ...]],
+        deadline: float,
+        *,
+        partial: bool = False,
     ) -> list[dict[str, MemberScore]]:
         """Per item, reward model -> its score: cached per (reward model, item); each
-        distinct miss is computed once."""
+        distinct miss is computed once. With ``partial`` (ensembles) a reward model that
+        is unavailable is left out of the item's dict instead of failing the call."""
         owner: dict[str, tuple[str, Item]] = {}  # cache key -> (reward model, item)
         per_item: list[dict[str, str]] = []  # reward model -> cache key
         hashers: dict[tuple, KeyHasher] = {}  # one per conversation
@@ -247,12 +271,17 @@ class Router:
         if misses:
             item_keys = {item: k for k, item in enumerate(dict.fromkeys(items))}
             jobs = [Job(self.pool[name], item, item_keys[item]) for name, item in map(owner.get, misses)]
-            fresh = await self.downstream.score(jobs, deadline)
+            fresh = await self.downstream.score(jobs, deadline, partial=partial)
             found.update(zip(misses, fresh, strict=True))
-            for job in jobs:
-                self.stats.by_reward_model[job.spec.name] += 1
-            await self.cache.set_many({key: found[key].to_cache() for key in misses})
-        return [{name: found[key] for name, key in keys.items()} for keys in per_item]
+            for job, score in zip(jobs, fresh, strict=True):
+                if score is not None:
+                    self.stats.by_reward_model[job.spec.name] += 1
+            await self.cache.set_many(
+                {key: found[key].to_cache() for key in misses if found[key] is not None}
+            )
+        return [
+            {name: found[key] for name, key in keys.items() if found[key] is not None} for keys in per_item
+        ]
 
     def _single(
         self,
@@ -283,20 +312,25 @@ class Router:
         )
 
     def _ensemble(self, rule: str, scores: dict[str, MemberScore], route: Route) -> ItemScore:
-        """The ensemble rule over every member's normalized score; ``task`` and the
-        breakdown are the classifier's route and its task's expert set."""
-        names = self.pool.names
+        """The ensemble rule over the normalized scores of the members that answered
+        (the others are ``missing``); ``task`` and the breakdown are the classifier's
+        route and its task's expert set (empty when that member is missing)."""
+        names = tuple(name for name in self.pool.names if name in scores)
+        if not names:
+            raise Unavailable("no reward model of the ensemble answered")
         normalized = np.array([self.pool[name].scaled(scores[name].raw) for name in names])
         reward = policies.policy(rule).combine(normalized[None, :], self.hyperparameters)[0]
+        routed = scores.get(dmoerm_name(route.task))
         return ItemScore(
             reward=float(reward),
             task=route.task,
             confidence=route.confidence,
-            capabilities=scores[dmoerm_name(route.task)].capabilities,
+            capabilities=routed.capabilities if routed is not None else {},
             reward_models=names,
             policy=rule,
             cached=all(scores[name].cached for name in names),
             member_rewards=dict(zip(names, normalized.tolist(), strict=True)),
+            missing=tuple(name for name in self.pool.names if name not in scores),
         )
 
     async def _remember(
@@ -315,13 +349,14 @@ class Router:
             self.stats.bandit_store_errors += 1
             log.warning("bandit store unreachable, %d decisions not remembered: %s", len(decisions), error)
 
-    async def feedback(self, call: FeedbackCall) -> dict[str, str]:
-        """Outcome per id (see :meth:`RoutingState.feedback`). NOT_FOUND when no id is
-        known; otherwise the known ones are applied and the rest reported per item."""
+    async def feedback(self, call: FeedbackCall) -> dict[tuple[str, str], str]:
+        """Outcome per (request_id, id) (see :meth:`RoutingState.feedback`). NOT_FOUND when
+        no item is known; otherwise the known ones are applied and the rest reported per item."""
         if self.state is None:
             raise BanditsDisabled("Feedback needs the bandit store; this router runs with --redis-url off")
         try:
-            outcomes = await self.state.feedback(call.ids, call.rewards)
+            scoped = await self.state.feedback([decision_id(*key) for key in call.keys], call.rewards)
+            outcomes = {key: scoped[decision_id(*key)] for key in call.keys}
         except MoermError:
             raise
         except Exception as error:
@@ -329,12 +364,15 @@ class Router:
             raise Unavailable(f"bandit store unavailable ({type(error).__name__}: {error})") from error
         self.stats.feedback_items += len(call.ids)
         self.stats.feedback_applied += sum(outcome == "applied" for outcome in outcomes.values())
-        unknown = [item_id for item_id in call.ids if outcomes[item_id] == NOT_FOUND]
+        unknown = [
+            item_id for key, item_id in zip(call.keys, call.ids, strict=True) if outcomes[key] == NOT_FOUND
+        ]
         if len(unknown) == len(call.ids):
-            shown = ", ".join(repr(i) for i in unknown[:10]) + (" ..." if len(unknown) > 10 else "")
+            listed = ", ".join(shown(i, 40) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
             raise NotFound(
-                f"no scored item with ids {shown}: unknown, expired (--decision-ttl-s "
-                f"{self.config.decision_ttl_s}), or scored by a policy that keeps no decisions (task, fixed)"
+                f"no scored item with ids {listed} under their request_id: unknown, expired (--decision-ttl-s "
+                f"{self.config.decision_ttl_s}), scored by another call, or by a policy that keeps no "
+                "decisions (task, fixed)"
             )
         return outcomes
 

@@ -47,15 +47,21 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                     cached=score.cached,
                     policy=score.policy,
                     member_rewards=score.member_rewards if call.breakdown else {},
+                    missing_reward_models=score.missing,
                 )
             )
         return response
 
     async def Feedback(self, request: reward_pb2.FeedbackRequest, context: grpc.aio.ServicerContext):
-        call = parse_feedback(request, max_items=self.router.config.max_items)
+        config = self.router.config
+        call = parse_feedback(request, max_items=config.max_items, max_abs=config.max_feedback_abs)
         outcomes = await self.router.feedback(call)
         response = reward_pb2.FeedbackResponse(
-            results=[reward_pb2.FeedbackResult(id=i, outcome=OUTCOMES[outcomes[i]]) for i in call.ids]
+            results=[
+                reward_pb2.FeedbackResult(id=item_id, request_id=request_id, outcome=OUTCOMES[outcomes[key]])
+                for key in call.keys
+                for request_id, item_id in [key]
+            ]
         )
         response.applied = sum(r.outcome == reward_pb2.FEEDBACK_OUTCOME_APPLIED for r in response.results)
         return response

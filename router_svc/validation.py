@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from moerm.errors import FieldViolation, InvalidArgument
+from moerm.errors import FieldViolation, InvalidArgument, shown
 from moerm.text import ROLES, Turn, normalize
 from moerm.v1 import reward_pb2
 
@@ -130,11 +130,24 @@ def parse_request(
 @dataclass(frozen=True)
 class FeedbackCall:
     ids: list[str]
-    rewards: np.ndarray  # (N,) float64, finite
+    request_ids: list[str]  # the Score call that scored each item
+    rewards: np.ndarray  # (N,) float64, finite, within the configured bound
+
+    @property
+    def keys(self) -> list[tuple[str, str]]:
+        """(request_id, id) per item: what a decision is stored under."""
+        return list(zip(self.request_ids, self.ids, strict=True))
 
 
-def parse_feedback(request: reward_pb2.FeedbackRequest, *, max_items: int) -> FeedbackCall:
-    """Check every feedback item; raise one InvalidArgument listing all problems."""
+def is_request_id(text: str) -> bool:
+    """The form of the ScoreResponse.request_id the router hands out (32 hex digits)."""
+    return len(text) == 32 and all(c in "0123456789abcdef" for c in text)
+
+
+def parse_feedback(request: reward_pb2.FeedbackRequest, *, max_items: int, max_abs: float) -> FeedbackCall:
+    """Check every feedback item; raise one InvalidArgument listing all problems.
+    ``max_abs``: the largest |reward| accepted (larger ones would drown the others'
+    normalization, and huge ones overflow it)."""
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
     if len(request.items) > max_items:
@@ -142,22 +155,40 @@ def parse_feedback(request: reward_pb2.FeedbackRequest, *, max_items: int) -> Fe
             "items", f"{len(request.items)} items exceed the limit of {max_items} per request"
         )
     violations: list[FieldViolation] = []
-    first_of_id: dict[str, int] = {}
+    first_of_key: dict[tuple[str, str], int] = {}
     for i, item in enumerate(request.items):
+        key = (item.request_id, item.id)
         if not item.id:
             violations.append(FieldViolation(f"items[{i}].id", "must not be empty (use a ScoreResult.id)"))
         elif len(item.id) > MAX_ID_CHARS:
             violations.append(FieldViolation(f"items[{i}].id", f"longer than {MAX_ID_CHARS} characters"))
-        elif item.id in first_of_id:
+        elif key in first_of_key:
             violations.append(
-                FieldViolation(f"items[{i}].id", f"{item.id!r} repeats items[{first_of_id[item.id]}].id")
+                FieldViolation(
+                    f"items[{i}].id", f"{shown(item.id)} repeats items[{first_of_key[key]}] (same request_id)"
+                )
             )
-        first_of_id.setdefault(item.id, i)
+        first_of_key.setdefault(key, i)
+        if not is_request_id(item.request_id):
+            violations.append(
+                FieldViolation(
+                    f"items[{i}].request_id",
+                    f"must be the request_id of the ScoreResponse that scored the item, got {shown(item.request_id)}",
+                )
+            )
         if not math.isfinite(item.reward):
             violations.append(FieldViolation(f"items[{i}].reward", f"must be finite, got {item.reward}"))
+        elif abs(item.reward) > max_abs:
+            violations.append(
+                FieldViolation(
+                    f"items[{i}].reward",
+                    f"|{item.reward:g}| exceeds the bound {max_abs:g} (--max-feedback-abs)",
+                )
+            )
     if violations:
         raise InvalidArgument(violations)
     return FeedbackCall(
         ids=[item.id for item in request.items],
+        request_ids=[item.request_id for item in request.items],
         rewards=np.array([item.reward for item in request.items], dtype=np.float64),
     )

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from moerm.bundle import Bundle, TaskSpec, load_numpy
-from moerm.errors import BundleError, InvalidArgument
+from moerm.errors import BundleError, InvalidArgument, shown
 
 
 def features(scores: np.ndarray, hidden: np.ndarray) -> np.ndarray:
@@ -80,7 +80,7 @@ class Aggregator:
         """(normalized, raw) rewards of one task's batch; ``field`` names it in errors."""
         agg = self.tasks.get(task)
         if agg is None:
-            raise InvalidArgument.field(f"{field}.task", f"unknown task {task!r}")
+            raise InvalidArgument.field(f"{field}.task", f"unknown task {shown(task)}")
         expected = agg.spec.capability_names
         if tuple(capabilities) != expected:
             raise InvalidArgument.field(

@@ -48,6 +48,16 @@ def _as_events(
     return arms.astype(np.int64), X, rewards
 
 
+def _masked(scores: np.ndarray, live: np.ndarray | None) -> np.ndarray:
+    """``scores`` (N, K) with the arms that are not ``live`` ((K,) bool) at -inf."""
+    if live is None:
+        return scores
+    live = np.asarray(live, dtype=bool)
+    if live.shape != (scores.shape[1],) or not live.any():
+        raise ValueError(f"live must be a (K,) bool array with a live arm, got {live}")
+    return np.where(live[None, :], scores, -np.inf)
+
+
 def _check_state(state: dict[str, np.ndarray], shapes: dict[str, tuple[int, ...]]) -> None:
     for name, shape in shapes.items():
         if name not in state:
@@ -86,11 +96,14 @@ class LinUCB:
         variance = np.einsum("knd,nd->nk", X[None] @ self.A_inv, X)
         return mean + self.alpha * np.sqrt(np.maximum(variance, 0.0))
 
-    def choose(self, X: np.ndarray, rng: np.random.Generator | None = None) -> np.ndarray:
-        """Arm index per row, argmax of :meth:`scores` (ties: lowest index). ``rng`` is
-        unused (LinUCB is deterministic); it keeps the policies' signatures alike.
+    def choose(
+        self, X: np.ndarray, rng: np.random.Generator | None = None, *, live: np.ndarray | None = None
+    ) -> np.ndarray:
+        """Arm index per row, argmax of :meth:`scores` (ties: lowest index) over the
+        ``live`` arms ((K,) bool; default all). ``rng`` is unused (LinUCB is
+        deterministic); it keeps the policies' signatures alike.
         Shape: (N, d) -> (N,) int64."""
-        return np.argmax(self.scores(X), axis=1)
+        return np.argmax(_masked(self.scores(X), live), axis=1)
 
     def update(self, arm: int, x: np.ndarray, reward: float) -> None:
         """One observation: Sherman-Morrison on A_arm^-1 and b_arm += reward x. Shape: x (d,)."""
@@ -172,16 +185,19 @@ class Thompson:
         root = self._root[arm]
         return self._mean[arm].copy(), self.noise**2 * (root @ root.T)
 
-    def choose(self, X: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    def choose(
+        self, X: np.ndarray, rng: np.random.Generator, *, live: np.ndarray | None = None
+    ) -> np.ndarray:
         """Per row, one fresh posterior sample w~_k = mean_k + noise R_k z per arm, then
-        argmax_k x.w~_k (ties: lowest index). Shape: (N, d) -> (N,) int64."""
+        argmax_k x.w~_k over the ``live`` arms ((K,) bool; default all; ties: lowest
+        index). Shape: (N, d) -> (N,) int64."""
         X = _as_matrix(X, self.dim)
         self._refresh()
         z = rng.standard_normal((len(X), len(self.arms), self.dim))
         # x.w~ = x.mean + noise (R^T x).z, without forming the (N, K, d) samples twice.
         projected = X[None] @ self._root  # (K, N, d): row n of slice k is R_k^T x_n
         sampled = X @ self._mean.T + self.noise * np.einsum("kne,nke->nk", projected, z)
-        return np.argmax(sampled, axis=1)
+        return np.argmax(_masked(sampled, live), axis=1)
 
     def update(self, arm: int, x: np.ndarray, reward: float) -> None:
         """One observation: Lambda_arm += x x^T, b_arm += reward x. Shape: x (d,)."""

@@ -39,7 +39,10 @@ class FeedbackNormalizer:
             raise ValueError(f"raw feedback must have shape (N,), got {raw.shape}")
         if not np.isfinite(raw).all():
             raise ValueError("raw feedback contains NaN or infinity")
-        return raw - raw.mean() if len(raw) else raw
+        if not len(raw):
+            return raw
+        scale = float(np.abs(raw).max()) or 1.0  # the mean of huge values would overflow
+        return (raw / scale - (raw / scale).mean()) * scale
 
     def rescale(self, centered: np.ndarray) -> np.ndarray:
         """Map baseline-subtracted values to [0, 1] by the history's quantiles (the history is
@@ -53,8 +56,11 @@ class FeedbackNormalizer:
         return np.clip((centered - low) / (high - low), 0.0, 1.0)
 
     def extend(self, centered: np.ndarray) -> None:
-        """Append baseline-subtracted values to the history, keeping the last ``window``."""
-        self.history.extend(float(v) for v in np.asarray(centered, dtype=np.float64).ravel())
+        """Append baseline-subtracted values to the history, keeping the last ``window``
+        (non-finite values are never kept: they would poison every later quantile)."""
+        self.history.extend(
+            float(v) for v in np.asarray(centered, dtype=np.float64).ravel() if np.isfinite(v)
+        )
         del self.history[: -self.window]
 
     def normalize(self, raw: np.ndarray) -> np.ndarray:

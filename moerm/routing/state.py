@@ -63,10 +63,18 @@ class RoutingState:
 
     def _apply(self, events: list[tuple[str, np.ndarray, float]]) -> int:
         usable = [(self._index.get(arm), x, r) for arm, x, r in events]
-        usable = [(k, x, r) for k, x, r in usable if k is not None and x.shape == (self.dim,)]
+        usable = [
+            (k, x, r)
+            for k, x, r in usable
+            if k is not None and x.shape == (self.dim,) and np.isfinite(r) and np.isfinite(x).all()
+        ]
         if len(usable) < len(events):
             self.skipped += len(events) - len(usable)
-            log.warning("skipped %d log events for arms outside %s", len(events) - len(usable), self.arms)
+            log.warning(
+                "skipped %d log events: arms outside %s, another dim, or not finite",
+                len(events) - len(usable),
+                self.arms,
+            )
         if not usable:
             return 0
         arms = np.array([k for k, _, _ in usable], dtype=np.int64)
@@ -76,19 +84,23 @@ class RoutingState:
             bandit.update_many(arms, X, rewards)
         return len(usable)
 
-    async def choose(self, name: str, X: np.ndarray) -> np.ndarray:
-        """Sync, then each row's arm index under the bandit policy ``name``.
+    async def choose(self, name: str, X: np.ndarray, *, live: np.ndarray | None = None) -> np.ndarray:
+        """Sync, then each row's arm index under the bandit policy ``name``; with
+        ``live`` ((K,) bool), the best arm among the live ones.
         Shape: X (N, d) -> (N,) int64."""
         if name not in self.bandits:
             raise InvalidArgument.field(
                 "policy", f"{name!r} is not a bandit policy ({', '.join(self.bandits)})"
             )
         await self.sync()
-        return self.choose_unsynced(name, X)
+        return self.choose_unsynced(name, X, live=live)
 
-    def choose_unsynced(self, name: str, X: np.ndarray) -> np.ndarray:
+    def choose_unsynced(self, name: str, X: np.ndarray, *, live: np.ndarray | None = None) -> np.ndarray:
         """Choose from this replica's state as it is (the store is unreachable)."""
-        return np.asarray(self.bandits[name].choose(X, self.rng), dtype=np.int64)
+        bandit = self.bandits[name]
+        if live is None:
+            return np.asarray(bandit.choose(X, self.rng), dtype=np.int64)
+        return np.asarray(bandit.choose(X, self.rng, live=np.asarray(live, dtype=bool)), dtype=np.int64)
 
     async def feedback(self, ids: Sequence[str], raw: np.ndarray) -> dict[str, str]:
         """Turn raw feedback per item into bandit updates shared through the store.
@@ -150,6 +162,8 @@ class RoutingState:
         )
         centered = normalizer.center(raw)
         rewards = normalizer.rescale(centered)
+        if not (np.isfinite(centered).all() and np.isfinite(rewards).all()):  # the bound on |raw| prevents it
+            raise InvalidArgument.field("items", "feedback rewards too large to normalize")
         logged = await self.store.append_feedback(
             [(item_id, d.arm, d.context, float(r)) for (item_id, d), r in zip(events, rewards, strict=True)]
         )

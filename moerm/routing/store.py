@@ -87,7 +87,8 @@ class BanditStore:
         return f"{self.prefix}done:{item_id}"
 
     async def remember(self, decisions: dict[str, Decision]) -> None:
-        """Store each item's decision with the TTL, in one pipeline."""
+        """Store each item's decision with the TTL, in one pipeline; a decision already
+        stored under an id is kept (SET NX: never overwritten)."""
         if not decisions:
             return
         async with self.redis.pipeline(transaction=False) as pipe:
@@ -99,7 +100,7 @@ class BanditStore:
                         "context": _encode_array(decision.context),
                     }
                 )
-                pipe.set(self.decision_key(item_id), value, ex=self.ttl_s)
+                pipe.set(self.decision_key(item_id), value, ex=self.ttl_s, nx=True)
             await pipe.execute()
 
     async def recall(self, ids: Sequence[str]) -> dict[str, Decision | None]:
@@ -143,17 +144,23 @@ class BanditStore:
         values = await self.redis.lrange(self.log_key, offset, offset + count - 1)
         events = []
         for value in values:
-            data = json.loads(value)
-            events.append((data["arm"], _decode_array(data["context"]), float(data["reward"])))
-        return events, offset + len(events)
+            try:
+                data = json.loads(value)
+                event = (str(data["arm"]), _decode_array(data["context"]), float(data["reward"]))
+            except (ValueError, KeyError, TypeError):
+                event = ("", np.zeros(0, dtype=_F32), float("nan"))  # unreadable: skipped by the replica
+            events.append(event)
+        return events, offset + len(values)
 
     async def log_length(self) -> int:
         return int(await self.redis.llen(self.log_key))
 
     async def raw_history(self, limit: int) -> np.ndarray:
         """The last ``limit`` values of the shared normalizer history. Shape: (<= limit,) float64."""
-        values = await self.redis.lrange(self.raw_key, -limit, -1)
-        return np.array([float(v) for v in values], dtype=np.float64)
+        values = np.array(
+            [float(v) for v in await self.redis.lrange(self.raw_key, -limit, -1)], dtype=np.float64
+        )
+        return values[np.isfinite(values)]  # a non-finite value (a store written before the bound) is ignored
 
     async def push_raw(self, values: np.ndarray, *, cap: int) -> None:
         """Append baseline-subtracted feedback values to the shared history and keep the

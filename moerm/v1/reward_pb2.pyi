@@ -46,7 +46,7 @@ class ScoreRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., return_breakdown: _Optional[bool] = ..., policy: _Optional[str] = ..., reward_model: _Optional[str] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached", "policy", "member_rewards")
+    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached", "policy", "member_rewards", "missing_reward_models")
     class CapabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +71,7 @@ class ScoreResult(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MEMBER_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    MISSING_REWARD_MODELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     reward: float
     task: str
@@ -81,7 +82,8 @@ class ScoreResult(_message.Message):
     cached: bool
     policy: str
     member_rewards: _containers.ScalarMap[str, float]
-    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ..., policy: _Optional[str] = ..., member_rewards: _Optional[_Mapping[str, float]] = ...) -> None: ...
+    missing_reward_models: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ..., policy: _Optional[str] = ..., member_rewards: _Optional[_Mapping[str, float]] = ..., missing_reward_models: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("results", "bundle_version", "request_id")
@@ -94,12 +96,14 @@ class ScoreResponse(_message.Message):
     def __init__(self, results: _Optional[_Iterable[_Union[ScoreResult, _Mapping]]] = ..., bundle_version: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class FeedbackItem(_message.Message):
-    __slots__ = ("id", "reward")
+    __slots__ = ("id", "reward", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     REWARD_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     reward: float
-    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class FeedbackRequest(_message.Message):
     __slots__ = ("items",)
@@ -108,12 +112,14 @@ class FeedbackRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[FeedbackItem, _Mapping]]] = ...) -> None: ...
 
 class FeedbackResult(_message.Message):
-    __slots__ = ("id", "outcome")
+    __slots__ = ("id", "outcome", "request_id")
     ID_FIELD_NUMBER: _ClassVar[int]
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     id: str
     outcome: FeedbackOutcome
-    def __init__(self, id: _Optional[str] = ..., outcome: _Optional[_Union[FeedbackOutcome, str]] = ...) -> None: ...
+    request_id: str
+    def __init__(self, id: _Optional[str] = ..., outcome: _Optional[_Union[FeedbackOutcome, str]] = ..., request_id: _Optional[str] = ...) -> None: ...
 
 class FeedbackResponse(_message.Message):
     __slots__ = ("results", "applied")

@@ -17,6 +17,7 @@ import redis
 from moerm.errors import field_violations
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from moerm_local import LocalCluster
+from router_svc.router import decision_id
 
 pytestmark = pytest.mark.integration
 
@@ -65,9 +66,19 @@ def score(stub, batch, **options) -> reward_pb2.ScoreResponse:
     return stub.Score(reward_pb2.ScoreRequest(items=batch, **options), timeout=120)
 
 
-def feedback(stub, pairs) -> reward_pb2.FeedbackResponse:
-    request = reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id=i, reward=r) for i, r in pairs])
+def feedback(stub, rows) -> reward_pb2.FeedbackResponse:
+    """(id, reward, request_id) rows; (id, reward) rows get a well-formed request_id
+    that no Score call made."""
+    request = reward_pb2.FeedbackRequest(
+        items=[
+            reward_pb2.FeedbackItem(id=row[0], reward=row[1], request_id=row[2] if len(row) > 2 else NO_CALL)
+            for row in rows
+        ]
+    )
     return stub.Feedback(request, timeout=60)
+
+
+NO_CALL = "0" * 32  # the form of a request_id, of no Score call
 
 
 def snapshot(cluster: LocalCluster, app=None) -> dict[str, np.ndarray]:
@@ -90,7 +101,8 @@ def test_decisions_are_remembered_per_item_with_a_ttl(cluster: LocalCluster, stu
     ids = [r.id for r in reply.results]
     assert ids == [f"{reply.request_id}/0", f"{reply.request_id}/1", "caller-id", f"{reply.request_id}/3"]
     router = cluster.router.router
-    decisions = cluster.run(router.state.store.recall(ids))
+    kept = [decision_id(reply.request_id, i) for i in ids]  # decisions belong to the call
+    decisions = dict(zip(ids, cluster.run(router.state.store.recall(kept)).values(), strict=True))
     contexts = cluster.run(router.contexts.embed([item.turns for item in _parsed(batch)]))
     for result, context in zip(reply.results, contexts, strict=True):
         decision = decisions[result.id]
@@ -98,7 +110,7 @@ def test_decisions_are_remembered_per_item_with_a_ttl(cluster: LocalCluster, stu
         np.testing.assert_array_equal(decision.context, context)  # the classifier's embedding, reused
     client = redis.Redis.from_url(redis_url)
     try:
-        ttl = client.ttl(router.state.store.decision_key(ids[0]))
+        ttl = client.ttl(router.state.store.decision_key(kept[0]))
     finally:
         client.close()
     assert 0 < ttl <= DECISION_TTL_S
@@ -119,7 +131,7 @@ def _parsed(batch: list[reward_pb2.ScoreItem]):
 
 def test_feedback_is_applied_once(cluster: LocalCluster, stub) -> None:
     reply = score(stub, items("idempotent"), policy="linucb")
-    pairs = [(r.id, float(k)) for k, r in enumerate(reply.results)]
+    pairs = [(r.id, float(k), reply.request_id) for k, r in enumerate(reply.results)]
     before = snapshot(cluster)
     first = feedback(stub, pairs)
     assert [r.outcome for r in first.results] == [APPLIED] * 4 and first.applied == 4
@@ -141,10 +153,10 @@ def test_some_unknown_ids_are_reported_per_item(cluster: LocalCluster, stub) -> 
     reply = feedback(
         stub,
         [
-            (bandit.results[0].id, 1.0),
-            ("never-scored", 0.0),
-            (ensemble.results[0].id, 0.5),
-            (bandit.results[1].id, 0.0),
+            (bandit.results[0].id, 1.0, bandit.request_id),
+            ("never-scored", 0.0, bandit.request_id),
+            (ensemble.results[0].id, 0.5, ensemble.request_id),
+            (bandit.results[1].id, 0.0, bandit.request_id),
         ],
     )
     assert [r.outcome for r in reply.results] == [APPLIED, NOT_FOUND, NO_ARM, APPLIED]
@@ -159,8 +171,10 @@ def test_some_unknown_ids_are_reported_per_item(cluster: LocalCluster, stub) -> 
         ([("a", float("inf"))], "items[0].reward"),
         ([("", 1.0)], "items[0].id"),
         ([("a", 1.0), ("a", 0.0)], "items[1].id"),
+        ([("a", 1.0, "")], "items[0].request_id"),
+        ([("a", 1.0), ("b", 1.7e308)], "items[1].reward"),
     ],
-    ids=["empty", "nan", "inf", "empty-id", "repeated-id"],
+    ids=["empty", "nan", "inf", "empty-id", "repeated-id", "no-request-id", "huge-reward"],
 )
 def test_bad_feedback_is_invalid_argument(stub, pairs, field: str) -> None:
     with pytest.raises(grpc.RpcError) as caught:
@@ -171,7 +185,7 @@ def test_bad_feedback_is_invalid_argument(stub, pairs, field: str) -> None:
 
 def test_unknown_ids_are_not_found(stub) -> None:
     with pytest.raises(grpc.RpcError) as caught:
-        feedback(stub, [("no-such-id", 1.0), ("nor-this", 0.0)])
+        feedback(stub, [("no-such-id", 1.0), ("nor-this", 0.0)])  # no call made NO_CALL
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
     assert "'no-such-id'" in caught.value.details() and "'nor-this'" in caught.value.details()
     # The task policy keeps no decisions: its items cannot take feedback.
@@ -315,3 +329,41 @@ def test_without_redis_there_are_no_bandits(minilm_bundle: Path) -> None:
         assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     finally:
         running.stop()
+
+
+def test_feedback_is_bound_to_the_call_that_scored(cluster: LocalCluster, stub) -> None:
+    """Another caller cannot give feedback for an item without its call's request_id,
+    and the owner's own feedback is then still applied (not a duplicate)."""
+    reply = score(stub, items("owned", 2), policy="linucb")
+    stranger = "f" * 32
+    with pytest.raises(grpc.RpcError) as caught:
+        feedback(stub, [(r.id, 1.0, stranger) for r in reply.results])
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    mine = feedback(stub, [(r.id, float(k), reply.request_id) for k, r in enumerate(reply.results)])
+    assert [r.outcome for r in mine.results] == [APPLIED, APPLIED]
+    assert [r.request_id for r in mine.results] == [reply.request_id] * 2
+
+
+def test_scoring_an_id_again_keeps_both_decisions(cluster: LocalCluster, stub) -> None:
+    first_batch, second_batch = items("again-1", 1), items("again-2", 1)
+    first_batch[0].id = second_batch[0].id = f"step-item-{uuid.uuid4().hex[:8]}"
+    first = score(stub, first_batch, policy="thompson")
+    second = score(stub, second_batch, policy="thompson")
+    reply = feedback(
+        stub, [(first.results[0].id, 1.0, first.request_id), (second.results[0].id, 0.0, second.request_id)]
+    )
+    assert [r.outcome for r in reply.results] == [APPLIED, APPLIED]
+
+
+def test_huge_rewards_never_poison_the_normalization(cluster: LocalCluster, stub) -> None:
+    """Two finite but huge rewards once overflowed the shared history to -inf, and every
+    later Feedback failed. Now they are INVALID_ARGUMENT and the store keeps working."""
+    reply = score(stub, items("huge", 2), policy="linucb")
+    rows = [(r.id, 1.7e308, reply.request_id) for r in reply.results]
+    with pytest.raises(grpc.RpcError) as caught:
+        feedback(stub, rows)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    history = cluster.run(cluster.router.router.state.store.raw_history(10_000))
+    assert np.isfinite(history).all()
+    after = feedback(stub, [(r.id, float(k), reply.request_id) for k, r in enumerate(reply.results)])
+    assert [r.outcome for r in after.results] == [APPLIED, APPLIED]

@@ -222,3 +222,54 @@ async def test_a_lone_caller_does_not_wait_for_company(make, fn: Recorder) -> No
         started = asyncio.get_running_loop().time()
         check([i], await batcher.submit([i]))
         assert asyncio.get_running_loop().time() - started < 1.0
+
+
+async def test_a_large_request_is_interleaved_with_other_callers(make, fn: Recorder) -> None:
+    """One caller's 40 items take 5 batches of 8; a caller arriving meanwhile is served
+    in the next batch, not after all of them."""
+    batcher = make(max_batch_size=8, max_delay_s=0.0)
+    fn.gate = threading.Event()
+    large = asyncio.create_task(batcher.submit(list(range(100, 140))))
+    await asyncio.to_thread(fn.entered.wait, 5)  # the first batch of the large request runs
+    small = asyncio.create_task(batcher.submit([1, 2]))
+    await asyncio.sleep(0.05)
+    fn.gate.set()
+    check([1, 2], await small)
+    check(list(range(100, 140)), await large)
+    batch_of_small = next(i for i, call in enumerate(fn.calls) if 1 in call)
+    assert batch_of_small == 1, fn.calls  # right after the batch that was running
+
+
+async def test_a_request_that_would_finish_too_late_is_rejected_at_once(make, fn: Recorder) -> None:
+    """Admission: with the measured rate, a request whose expected wait exceeds its
+    remaining deadline (or max_wait_s) is RESOURCE_EXHAUSTED before it queues."""
+    batcher = make(max_batch_size=4, max_delay_s=0.0, max_wait_s=30.0)
+    with pytest.raises(ResourceExhausted):  # nothing measured yet: no estimate, but...
+        await batcher.submit([1], time_left_s=-1.0)  # ...a caller already past its deadline
+    check([1, 2], await batcher.submit([1, 2]))
+    batcher.rate.tokens_per_s = 10.0  # as if measured: 10 items/s
+    fn.gate = threading.Event()
+    queued = asyncio.create_task(batcher.submit(list(range(100))))  # 10 s of work
+    await asyncio.to_thread(fn.entered.wait, 5)
+    assert 9.0 < batcher.expected_wait_s(1) < 11.0
+    started = asyncio.get_running_loop().time()
+    with pytest.raises(ResourceExhausted, match="deadline"):
+        await batcher.submit([7], time_left_s=2.0)
+    assert asyncio.get_running_loop().time() - started < 0.1  # answered at once
+    assert batcher.stats.rejected_late == 2
+    batcher.max_wait_s = 5.0
+    with pytest.raises(ResourceExhausted, match="bound"):
+        await batcher.submit([7], time_left_s=60.0)
+    fn.gate.set()
+    check(list(range(100)), await queued)
+
+
+def test_the_service_rate_follows_recent_batches() -> None:
+    from moerm.batching import ServiceRate
+
+    rate = ServiceRate(smoothing=0.5)
+    assert rate.seconds_for(100) == 0.0  # nothing measured: never reject
+    rate.observe(100, 1.0)
+    assert rate.seconds_for(100) == pytest.approx(1.0)
+    rate.observe(300, 1.0)
+    assert rate.tokens_per_s == pytest.approx(200.0)

@@ -182,13 +182,25 @@ def test_repeated_ids_are_fine_for_policies_without_feedback() -> None:
 # -- Feedback -------------------------------------------------------------------------
 
 
-def feedback(*pairs: tuple[str, float]) -> reward_pb2.FeedbackRequest:
-    return reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id=i, reward=r) for i, r in pairs])
+REQUEST_ID = "0123456789abcdef" * 2
+MAX_ABS = 1e6
+
+
+def feedback(*rows: tuple) -> reward_pb2.FeedbackRequest:
+    """(id, reward) or (id, reward, request_id) rows; the default request_id is well formed."""
+    return reward_pb2.FeedbackRequest(
+        items=[
+            reward_pb2.FeedbackItem(
+                id=row[0], reward=row[1], request_id=row[2] if len(row) > 2 else REQUEST_ID
+            )
+            for row in rows
+        ]
+    )
 
 
 def feedback_fields(req: reward_pb2.FeedbackRequest) -> list[str]:
     with pytest.raises(InvalidArgument) as caught:
-        parse_feedback(req, max_items=MAX_ITEMS)
+        parse_feedback(req, max_items=MAX_ITEMS, max_abs=MAX_ABS)
     assert all(v.description for v in caught.value.violations)
     return [v.field for v in caught.value.violations]
 
@@ -203,15 +215,34 @@ def feedback_fields(req: reward_pb2.FeedbackRequest) -> list[str]:
         (feedback(("a", -float("inf")), ("", 0.0)), ["items[0].reward", "items[1].id"]),
         (feedback(("a", 1.0), ("b", 0.0), ("a", 0.5)), ["items[2].id"]),
         (feedback(("i" * (MAX_ID_CHARS + 1), 1.0)), ["items[0].id"]),
+        (feedback(("a", 1.0, ""), ("b", 1.0, "r1")), ["items[0].request_id", "items[1].request_id"]),
+        (feedback(("a", 1.7e308), ("b", -1.7e308)), ["items[0].reward", "items[1].reward"]),
+        (feedback(("a", MAX_ABS * 1.01)), ["items[0].reward"]),
     ],
-    ids=["empty", "too-many", "nan", "inf", "minus-inf-and-empty-id", "repeated-id", "long-id"],
+    ids=[
+        "empty",
+        "too-many",
+        "nan",
+        "inf",
+        "minus-inf-and-empty-id",
+        "repeated-id",
+        "long-id",
+        "no-request-id",
+        "huge-rewards",
+        "above-the-bound",
+    ],
 )
 def test_bad_feedback_names_its_field(req: reward_pb2.FeedbackRequest, expected: list[str]) -> None:
     assert feedback_fields(req) == expected
 
 
 def test_good_feedback_keeps_order_and_values() -> None:
-    call = parse_feedback(feedback(("r1/0", 0.25), ("mine", -3.0), ("r1/1", 1e6)), max_items=MAX_ITEMS)
-    assert call.ids == ["r1/0", "mine", "r1/1"]
+    call = parse_feedback(
+        feedback(("r1/0", 0.25), ("mine", -3.0), ("r1/1", 1e6), ("mine", 1.0, "f" * 32)),
+        max_items=MAX_ITEMS,
+        max_abs=MAX_ABS,
+    )
+    assert call.ids == ["r1/0", "mine", "r1/1", "mine"]  # one id from two Score calls
+    assert call.keys[-1] == ("f" * 32, "mine") and call.keys[0] == (REQUEST_ID, "r1/0")
     assert call.rewards.dtype == np.float64
-    assert call.rewards.tolist() == [0.25, -3.0, 1e6]
+    assert call.rewards.tolist() == [0.25, -3.0, 1e6, 1.0]

@@ -123,7 +123,11 @@ def test_the_router_config_and_router_offer_registered_policies(toys, minilm_bun
             assert len(median.results[0].reward_models) == len(cluster.router.router.pool.names)
             feedback = stub.Feedback(
                 reward_pb2.FeedbackRequest(
-                    items=[reward_pb2.FeedbackItem(id=greedy.results[0].id, reward=1.0)]
+                    items=[
+                        reward_pb2.FeedbackItem(
+                            id=greedy.results[0].id, reward=1.0, request_id=greedy.request_id
+                        )
+                    ]
                 ),
                 timeout=30,
             )

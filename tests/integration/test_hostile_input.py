@@ -1,0 +1,157 @@
+"""Hostile input found by a fuzz campaign (D1-D4): each is the caller's
+INVALID_ARGUMENT with a bounded error, never UNKNOWN, INTERNAL or a retryable
+RESOURCE_EXHAUSTED, and the services keep serving."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+
+from moerm.errors import MAX_DETAILS_BYTES, field_violations
+from moerm.v1 import aggregator_pb2, expert_pb2, reward_pb2, tensor_pb2
+
+pytestmark = pytest.mark.integration
+
+METHODS = {
+    "router": "/moerm.v1.RewardService/Score",
+    "feedback": "/moerm.v1.RewardService/Feedback",
+    "aggregator": "/moerm.v1.AggregatorService/Aggregate",
+    "expert": "/moerm.v1.ExpertService/ScoreBatch",
+}
+
+
+def address(cluster, service: str) -> str:
+    if service in ("router", "feedback"):
+        return cluster.address
+    if service == "aggregator":
+        return f"127.0.0.1:{cluster.aggregator.port}"
+    return cluster.expert_address("code")
+
+
+def raw_call(target: str, method: str, payload: bytes) -> grpc.RpcError:
+    """Send ``payload`` as the request bytes, as a client with a broken encoder would."""
+    with grpc.insecure_channel(target) as channel:
+        call = channel.unary_unary(method, request_serializer=None, response_deserializer=None)
+        with pytest.raises(grpc.RpcError) as caught:
+            call(payload, timeout=30)
+    return caught.value
+
+
+def details_size(error: grpc.RpcError) -> int:
+    """Bytes of the status as the client received it: message and binary details."""
+    trailing = sum(len(value) for _, value in error.trailing_metadata() or ())
+    return len((error.details() or "").encode()) + trailing
+
+
+# A string field whose bytes are not UTF-8: the encoding of a lone surrogate (U+D800).
+LONE_SURROGATE = (
+    b"\x0a\x08" + b"\x22\x03\xed\xa0\x80" + b"\x2a\x01x"
+)  # items { prompt: <bad>, response: "x" }
+
+
+@pytest.mark.parametrize("service", sorted(METHODS))
+@pytest.mark.parametrize(
+    "payload", [b"\x0a\x05", b"\xff\xff\xff", LONE_SURROGATE], ids=["truncated", "garbage", "surrogate"]
+)
+def test_undecodable_bytes_are_invalid_argument(cluster, service: str, payload: bytes) -> None:
+    """D1: bytes that do not parse were UNKNOWN with a traceback in the log per call."""
+    error = raw_call(address(cluster, service), METHODS[service], payload)
+    if payload == LONE_SURROGATE and service in ("aggregator", "expert", "feedback"):
+        # Field 1 of those messages is not a string: the bytes may parse. Whatever they
+        # parse to, the answer is the caller's error, never a server fault.
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+        return
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert [v.field for v in field_violations(error)] == ["request"]
+    assert "not a valid" in error.details()
+
+
+def test_a_huge_policy_name_gives_a_bounded_error(stub) -> None:
+    """D2: a 20,000-character policy name made details over gRPC's 16 KB metadata
+    limit, so the client saw RESOURCE_EXHAUSTED (which clients retry)."""
+    request = reward_pb2.ScoreRequest(
+        items=[reward_pb2.ScoreItem(prompt="hi", response="x")], policy="p" * 20_000
+    )
+    with pytest.raises(grpc.RpcError) as caught:
+        stub.Score(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details_size(caught.value) <= MAX_DETAILS_BYTES
+    assert [v.field for v in field_violations(caught.value)] == ["policy"]
+
+
+def test_many_bad_items_give_a_bounded_error(cluster) -> None:
+    """D2: 1,024 empty responses listed one violation each, over the metadata limit.
+    (The module's router allows 16 items; the expert takes up to its request bound.)"""
+    request = expert_pb2.ExpertRequest(
+        task="code",
+        items=[
+            expert_pb2.ExpertItem(messages=[tensor_pb2.Message(role="user", content="hi")], response="")
+            for _ in range(1024)
+        ],
+    )
+    with grpc.insecure_channel(cluster.expert_address("code")) as channel:
+        stub = channel.unary_unary(
+            METHODS["expert"],
+            request_serializer=expert_pb2.ExpertRequest.SerializeToString,
+            response_deserializer=expert_pb2.ExpertResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details_size(caught.value) <= MAX_DETAILS_BYTES
+    violations = field_violations(caught.value)
+    assert 1 <= len(violations) <= 16 and violations[0].field == "items[0].response"
+    assert "and 1020 more" in caught.value.details()
+
+
+def test_a_huge_tensor_shape_is_invalid_argument(cluster) -> None:
+    """D3: scores.shape = [2**62, 4] overflowed the size check into INTERNAL."""
+    request = aggregator_pb2.AggregateRequest(
+        batches=[
+            aggregator_pb2.TaskOutputs(
+                task="code",
+                capabilities=["correctness", "efficiency", "readability"],
+                scores=tensor_pb2.Tensor(shape=[2**62, 4], data=b"\0" * 16),
+                hidden=tensor_pb2.Tensor(shape=[2**62, 4, 2], data=b"\0" * 32),
+            )
+        ]
+    )
+    with grpc.insecure_channel(f"127.0.0.1:{cluster.aggregator.port}") as channel:
+        stub = channel.unary_unary(
+            METHODS["aggregator"],
+            request_serializer=aggregator_pb2.AggregateRequest.SerializeToString,
+            response_deserializer=aggregator_pb2.AggregateResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(caught.value)] == ["batches[0].scores"]
+
+
+def test_more_items_than_an_expert_takes_is_invalid_argument(cluster) -> None:
+    """D4: more items than the expert's queue can ever hold was RESOURCE_EXHAUSTED,
+    which a client retries forever."""
+    limit = cluster.experts["code"].servicer.max_request_items
+    request = expert_pb2.ExpertRequest(
+        task="code",
+        items=[expert_pb2.ExpertItem(messages=[tensor_pb2.Message(role="user", content="hi")], response="x")]
+        * (limit + 1),
+    )
+    with grpc.insecure_channel(cluster.expert_address("code")) as channel:
+        stub = channel.unary_unary(
+            METHODS["expert"],
+            request_serializer=expert_pb2.ExpertRequest.SerializeToString,
+            response_deserializer=expert_pb2.ExpertResponse.FromString,
+        )
+        with pytest.raises(grpc.RpcError) as caught:
+            stub(request, timeout=30)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [v.field for v in field_violations(caught.value)] == ["items"]
+
+
+def test_everything_still_serves_after_the_hostile_calls(stub) -> None:
+    reply = stub.Score(
+        reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt="Fix my loop.", response="Use range.")]),
+        timeout=60,
+    )
+    assert len(reply.results) == 1

@@ -1,0 +1,103 @@
+"""`moerm up` (ProcessCluster) restarts a service that died, on the same port, and its
+services never outlive it, whatever signal kills it."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+
+from moerm.launcher import ProcessCluster, wait_serving
+from moerm.v1 import reward_pb2, reward_pb2_grpc
+
+pytestmark = pytest.mark.integration
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie waiting for its parent to reap it counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, IndexError):
+        return False
+    return state != "Z"
+
+
+def score_once(address: str) -> reward_pb2.ScoreResponse:
+    with grpc.insecure_channel(address) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        return stub.Score(
+            reward_pb2.ScoreRequest(
+                items=[reward_pb2.ScoreItem(prompt="Write a poem about rain.", response="Rain falls.")],
+                policy="mean",
+            ),
+            timeout=60,
+        )
+
+
+def test_a_killed_expert_is_restarted_on_its_port(minilm_bundle, tmp_path) -> None:
+    with ProcessCluster(minilm_bundle, log_dir=tmp_path, torch_threads=1, log_level="WARNING") as cluster:
+        expert = next(child for child in cluster.children if child.name == "expert-writing")
+        port, old_pid = expert.port, expert.process.pid
+        score_once(cluster.address)
+        started = time.monotonic()
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while expert.process.pid == old_pid and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert expert.process.pid != old_pid, "not restarted"
+        wait_serving(f"127.0.0.1:{port}", 60, expert)
+        back_after = time.monotonic() - started
+        assert cluster.restarts["expert-writing"] == 1
+        assert expert.port == port
+        assert len(score_once(cluster.address).results) == 1
+        # the first restart waits 1 s; loading MiniLM takes a few more
+        assert back_after < 30, f"back after {back_after:.1f}s"
+
+
+LAUNCHER = """
+import json, sys, time
+from moerm.launcher import ProcessCluster
+cluster = ProcessCluster(sys.argv[1], log_dir=sys.argv[2], torch_threads=1, log_level="WARNING").start()
+pids = [child.process.pid for child in cluster.children]
+pids += [cluster.redis.process.pid, cluster.state_redis.process.pid]
+print(json.dumps(pids), flush=True)
+time.sleep(600)
+"""
+
+
+def test_services_die_with_a_killed_launcher(minilm_bundle, tmp_path) -> None:
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", LAUNCHER, str(minilm_bundle), str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    pids: list[int] = []
+    try:
+        line = launcher.stdout.readline()
+        assert line, "the launcher printed nothing"
+        pids = json.loads(line)
+        assert len(pids) == 6 and all(alive(pid) for pid in pids)  # aggregator, 2 experts, router, 2 servers
+        launcher.kill()  # SIGKILL: no handler in the launcher runs
+        launcher.wait()
+        deadline = time.monotonic() + 20
+        while any(alive(pid) for pid in pids) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not [pid for pid in pids if alive(pid)], "services outlived the launcher"
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        for pid in pids:  # only if the test failed: the processes it started, by PID
+            if alive(pid):
+                os.kill(pid, signal.SIGKILL)
