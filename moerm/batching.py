@@ -37,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from moerm.errors import Internal, ResourceExhausted, Unavailable
+from moerm.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -177,6 +177,8 @@ class DynamicBatcher:
             raise ResourceExhausted(
                 f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
             )
+        if time_left_s is not None and time_left_s <= 0:
+            raise DeadlineExceeded("the caller's deadline passed before its items were queued")
         costs = list(costs) if costs is not None else [1.0] * len(items)
         cost = float(sum(costs))
         wait = self.expected_wait_s(cost)

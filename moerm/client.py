@@ -10,7 +10,8 @@ with INVALID_ARGUMENT; :func:`moerm.errors.field_violations` says which field.
 learn; retrying it is safe (the router applies each item once). Feedback names the
 Score call that scored each item (its ``request_id``, a secret of that call): the
 client remembers the request_id of the last ``remember_ids`` ids it scored and adds
-it, or the caller passes ``(id, reward, request_id)`` triples.
+it, or the caller passes ``(id, reward, request_id)`` triples (an id the client did not
+score comes back ``not_found``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,11 @@ def _outcome_name(outcome: int) -> str:
     return reward_pb2.FeedbackOutcome.Name(outcome).removeprefix("FEEDBACK_OUTCOME_").lower()
 
 
+# The form of a request_id that no Score call has (the router's are random version-4
+# UUIDs): ids the client did not score go with it and come back not_found.
+NO_CALL = "0" * 32
+
+
 class ScoredIds:
     """The request_id of the last ``limit`` item ids a client scored (the latest call
     wins for an id scored twice)."""
@@ -99,7 +105,7 @@ def _feedback_requests(
         reward_pb2.FeedbackItem(
             id=str(row[0]),
             reward=float(row[1]),
-            request_id=str(row[2]) if len(row) > 2 else scored.get(str(row[0])),
+            request_id=str(row[2]) if len(row) > 2 else scored.get(str(row[0])) or NO_CALL,
         )
         for row in rows
     ]

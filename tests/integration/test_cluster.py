@@ -133,7 +133,9 @@ def test_health_and_reflection(cluster):
 def test_caller_deadline_is_enforced(stub):
     with pytest.raises(grpc.RpcError) as caught:
         stub.Score(reward_pb2.ScoreRequest(items=unique_items("deadline")), timeout=0.001)
-    assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Past the deadline, or rejected at once by an expert's admission (it would not finish
+    # within the millisecond left): either way the call ends, it does not run late.
+    assert caught.value.code() in (grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED)
 
 
 def test_expert_down_gives_unavailable_not_a_hang(minilm_bundle, redis_url):

@@ -135,7 +135,7 @@ def test_feedback_is_applied_once(cluster: LocalCluster, stub) -> None:
     before = snapshot(cluster)
     first = feedback(stub, pairs)
     assert [r.outcome for r in first.results] == [APPLIED] * 4 and first.applied == 4
-    assert [r.id for r in first.results] == [i for i, _ in pairs]
+    assert [r.id for r in first.results] == [i for i, *_ in pairs]
     after = snapshot(cluster)
     assert not same_state(before, after)
     assert after["linucb.counts"].sum() == before["linucb.counts"].sum() + 4
@@ -193,19 +193,21 @@ def test_unknown_ids_are_not_found(stub) -> None:
     batch[0].id = f"task-{uuid.uuid4().hex}"
     score(stub, batch, policy="task")
     with pytest.raises(grpc.RpcError) as caught:
-        feedback(stub, [(batch[0].id, 1.0)])
+        feedback(stub, [(batch[0].id, 1.0, NO_CALL)])
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
 
 
 def test_bandit_choice_follows_the_log_not_the_cache(cluster: LocalCluster, stub) -> None:
     batch = items("unfrozen", 1)
-    first = score(stub, batch, policy="linucb").results[0]
+    reply = score(stub, batch, policy="linucb")
+    first, score_request_id = reply.results[0], reply.request_id
     (chosen,) = first.reward_models
     (other,) = set(cluster.router.router.state.arms) - {chosen}
     # Evidence in the shared log (as another replica's feedback would put it there):
     # on this prompt the arm not chosen is right and the chosen one wrong.
     state = cluster.router.router.state
-    context = cluster.run(state.store.recall([first.id]))[first.id].context
+    key = decision_id(score_request_id, first.id)
+    context = cluster.run(state.store.recall([key]))[key].context
     events = [(f"evidence-{uuid.uuid4().hex}", other, context, 1.0) for _ in range(10)]
     events += [(f"evidence-{uuid.uuid4().hex}", chosen, context, 0.0) for _ in range(10)]
     assert all(cluster.run(state.store.append_feedback(events)))
@@ -219,7 +221,7 @@ def test_bandit_choice_follows_the_log_not_the_cache(cluster: LocalCluster, stub
 def test_state_survives_a_router_restart(cluster: LocalCluster) -> None:
     stub = stub_for(cluster.address)
     scored = score(stub, items("restart"), policy="thompson")
-    feedback(stub, [(r.id, float(k % 2)) for k, r in enumerate(scored.results)])
+    feedback(stub, [(r.id, float(k % 2), scored.request_id) for k, r in enumerate(scored.results)])
     before = snapshot(cluster)
     offset = cluster.router.router.state.offset
     assert before["thompson.counts"].sum() > 0
@@ -230,8 +232,11 @@ def test_state_survives_a_router_restart(cluster: LocalCluster) -> None:
     assert same_state(before, snapshot(cluster))
     # Items scored before the restart still take feedback (decisions live in Redis).
     stub = stub_for(cluster.address)
-    late = score(stub, items("restart-late", 1), policy="linucb").results[0]
-    reply = feedback(stub, [(late.id, 1.0), (scored.results[0].id, 1.0)])
+    late_reply = score(stub, items("restart-late", 1), policy="linucb")
+    late = late_reply.results[0]
+    reply = feedback(
+        stub, [(late.id, 1.0, late_reply.request_id), (scored.results[0].id, 1.0, scored.request_id)]
+    )
     assert [r.outcome for r in reply.results] == [APPLIED, DUPLICATE]
 
 
@@ -239,10 +244,10 @@ def test_two_replicas_share_the_state(cluster: LocalCluster) -> None:
     replica = cluster.start_replica()
     main, other = stub_for(cluster.address), stub_for(replica.address)
     scored = score(main, items("replicas"), policy="linucb")
-    reply = feedback(other, [(r.id, float(k)) for k, r in enumerate(scored.results)])  # via the replica
+    reply = feedback(other, [(r.id, float(k), scored.request_id) for k, r in enumerate(scored.results)])
     assert [r.outcome for r in reply.results] == [APPLIED] * 4
     assert same_state(snapshot(cluster), snapshot(cluster, replica))
-    again = feedback(main, [(scored.results[0].id, 5.0)])  # done markers are shared too
+    again = feedback(main, [(scored.results[0].id, 5.0, scored.request_id)])  # done markers are shared too
     assert [r.outcome for r in again.results] == [DUPLICATE]
 
 
@@ -298,15 +303,14 @@ def test_bandit_store_down_degrades_score_and_fails_feedback(minilm_bundle: Path
     try:
         stub = stub_for(running.address)
         scored = score(stub, items("store-down", 2), policy="linucb")
-        assert [r.outcome for r in feedback(stub, [(r.id, 1.0) for r in scored.results]).results] == [
-            APPLIED
-        ] * 2
+        rows = [(r.id, 1.0, scored.request_id) for r in scored.results]
+        assert [r.outcome for r in feedback(stub, rows).results] == [APPLIED] * 2
         server.stop()  # the store dies
         again = score(stub, items("store-down-later", 2), policy="thompson")  # still answers
         assert all(len(r.reward_models) == 1 for r in again.results)
         assert running.router.router.stats.bandit_store_errors >= 1
         with pytest.raises(grpc.RpcError) as caught:
-            feedback(stub, [(r.id, 1.0) for r in again.results])
+            feedback(stub, [(r.id, 1.0, again.request_id) for r in again.results])
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
         assert "bandit store" in caught.value.details()
     finally:

@@ -226,14 +226,17 @@ def test_bad_pool_requests_name_the_field(stub) -> None:
         assert field in [v.field for v in field_violations(caught.value)]
 
 
-def test_failed_ensemble_caches_nothing(cluster: LocalCluster, stub) -> None:
-    """Runs last in this module: it stops the external reward model."""
+def test_an_ensemble_without_a_member_says_which_is_missing(cluster: LocalCluster, stub) -> None:
+    """Runs last in this module: it stops the external reward model. The ensemble
+    combines the members that answer and names the missing one; the missing one's
+    failed call caches nothing, and asking for it alone fails fast."""
     batch = items("failed")
     cluster.run(cluster.externals["other"].stop(grace_s=0))
+    reply = score(stub, batch, policy="mean")
+    for result in reply.results:
+        assert list(result.missing_reward_models) == ["other"]
+        assert list(result.reward_models) == list(POOL[:-1])
     with pytest.raises(grpc.RpcError) as caught:
-        score(stub, batch, policy="mean")
+        score(stub, batch, reward_model="other")
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert "other" in caught.value.details()
-    # The members that did answer were not cached either.
-    for name in POOL[:-1]:
-        assert not any(r.cached for r in score(stub, batch, reward_model=name).results), name
