@@ -38,6 +38,7 @@ def test_bf16_scores_stay_within_tolerance_of_float32(trained, shared, device) -
         f"max {r.max_diff:.4f}, median {r.median_diff:.5f} (of the float32 std)"
         for r in rows
     )
+    print(f"{len(pairs)} pairs, task {task!r}:\n{table}")
     assert len(rows) == len(bundle.manifest.task(task).capabilities) + 2, table  # K experts, base, reward
     for row in rows:
         assert row.agreement >= MIN_AGREEMENT, table
