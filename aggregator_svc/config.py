@@ -15,6 +15,10 @@ class AggregatorConfig:
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
+    metrics_port: int = option(-1, "HTTP port of Prometheus /metrics on --host (0: any free port, -1: off)")
+    tls_cert: str = option("", "PEM certificate this service serves (with --tls-key; mTLS with --tls-ca)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option("", "PEM CA whose client certificates are required (mutual TLS)")
     grace_s: float = option(5.0, "seconds to drain in-flight calls on shutdown")
     log_level: str = option("INFO", "logging level")
 

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from moerm.errors import Internal, ResourceExhausted, Unavailable
+from moerm.metrics import BatcherMetrics
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ class _Pending:
     items: Sequence[Any]
     costs: Sequence[float]
     future: asyncio.Future
+    submitted: float = 0.0  # loop time at submit
     taken: int = 0  # items handed to batches so far
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # outputs, in order
     done: int = 0  # items whose outputs are in parts
@@ -55,15 +57,6 @@ class _Slice:
     end: int
 
 
-@dataclass
-class BatcherStats:
-    batches: int = 0
-    items: int = 0
-    requests: int = 0
-    rejected: int = 0
-    tokens: float = 0.0
-
-
 class DynamicBatcher:
     def __init__(
         self,
@@ -74,6 +67,7 @@ class DynamicBatcher:
         max_queue_items: int,
         max_batch_tokens: float = float("inf"),
         refill_wait_s: float = 0.0,
+        metrics: BatcherMetrics | None = None,
     ):
         self.fn = fn
         self.max_batch_size = max_batch_size
@@ -82,7 +76,9 @@ class DynamicBatcher:
         self.refill_wait_s = refill_wait_s
         self.max_queue_items = max_queue_items
         self._last_batch_items = 0
-        self.stats = BatcherStats()
+        # Queue gauges, batch histograms, time in queue (a private registry unless given).
+        self.metrics = metrics or BatcherMetrics()
+        self.metrics.watch(lambda: self._queued_items, lambda: len(self._queue))
         self._queue: deque[_Pending] = deque()
         self._arrived = asyncio.Event()
         self._queued_items = 0  # submitted and not yet finished (queued or running)
@@ -123,14 +119,14 @@ class DynamicBatcher:
         if self._worker is None:
             raise Unavailable("batcher not running")
         if self._queued_items + len(items) > self.max_queue_items:
-            self.stats.rejected += 1
+            self.metrics.rejected.inc()
             raise ResourceExhausted(
                 f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
             )
         costs = list(costs) if costs is not None else [1.0] * len(items)
-        pending = _Pending(items, costs, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(items, costs, loop.create_future(), submitted=loop.time())
         self._queued_items += len(items)
-        self.stats.requests += 1
         self._queue.append(pending)
         self._arrived.set()
         try:
@@ -213,11 +209,14 @@ class DynamicBatcher:
             try:
                 if live:
                     items = [item for part in live for item in part.pending.items[part.start : part.end]]
+                    now = loop.time()
+                    for part in live:
+                        if part.start == 0:  # the request's first items run now
+                            self.metrics.queue_seconds.observe(now - part.pending.submitted)
                     outputs = await loop.run_in_executor(self._executor, self.fn, items)
                     self._last_batch_items = len(items)
-                    self.stats.batches += 1
-                    self.stats.items += len(items)
-                    self.stats.tokens += tokens
+                    self.metrics.batch_size.observe(len(items))
+                    self.metrics.batch_tokens.observe(tokens)
                     offset = 0
                     for part in live:
                         self._finish(part, outputs, offset)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,15 +60,20 @@ def create_server(
     host: str = "127.0.0.1",
     port: int = 0,
     serving: bool = True,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> Server:
     """Build a grpc.aio server with health, reflection and error mapping.
 
     ``register`` adds the service's servicers; ``service_names`` are their full
     names (e.g. ``moerm.v1.RewardService``). ``port=0`` binds a free port; the
     bound port is returned. With ``serving=False`` health starts NOT_SERVING
-    (an expert until its model is loaded).
+    (an expert until its model is loaded). ``interceptors`` run before the error
+    mapping, in order (metrics first, then authentication: :mod:`moerm.metrics`,
+    :mod:`moerm.security`). ``credentials``: TLS (:func:`moerm.security.server_credentials`);
+    None binds plaintext.
     """
-    server = grpc.aio.server(interceptors=[ErrorMappingInterceptor()], options=SERVER_OPTIONS)
+    server = grpc.aio.server(interceptors=[*interceptors, ErrorMappingInterceptor()], options=SERVER_OPTIONS)
     register(server)
     health = HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
@@ -77,7 +82,11 @@ def create_server(
         (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     return Server(server=server, port=bound, health=health, service_names=names, initially_serving=serving)
