@@ -25,3 +25,5 @@ class AggregatorConfig:
     def validate(self) -> None:
         if not self.bundle:
             raise SystemExit("aggregator_svc: --bundle (or MOERM_BUNDLE) is required")
+        if not -1 <= self.metrics_port <= 65535:
+            raise SystemExit("aggregator_svc: --metrics-port must be -1 (off), 0 (any) or a port")

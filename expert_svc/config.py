@@ -59,6 +59,8 @@ class ExpertConfig:
             raise SystemExit("expert_svc: batch size and queue limits must be positive")
         if self.max_batch_tokens < 1 or self.max_length < 0 or self.min_shared_prefix < 1:
             raise SystemExit("expert_svc: --max-batch-tokens and --min-shared-prefix must be positive")
+        if not -1 <= self.metrics_port <= 65535:
+            raise SystemExit("expert_svc: --metrics-port must be -1 (off), 0 (any) or a port")
         if self.dtype not in DTYPES:
             raise SystemExit(f"expert_svc: --dtype must be one of {', '.join(DTYPES)}")
         if self.norm_std < 0:

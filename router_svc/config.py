@@ -129,6 +129,8 @@ class RouterConfig:
         parse_endpoints(self.experts)
         parse_endpoints(self.external, "NAME")
         parse_norms(self.rm_norm)
+        if not -1 <= self.metrics_port <= 65535:
+            raise SystemExit("router_svc: --metrics-port must be -1 (off), 0 (any) or a port")
         if self.max_items < 1 or self.max_text_chars < 1:
             raise SystemExit("router_svc: max_items and max_text_chars must be positive")
         if self.linucb_lambda <= 0 or self.thompson_lambda0 <= 0 or self.linucb_alpha < 0:
