@@ -21,6 +21,7 @@ reflection calls are not counted. The parts add their own:
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -105,13 +106,17 @@ class RpcMetrics:
         return MetricsInterceptor(self)
 
 
-def _code(context: grpc.aio.ServicerContext, failed: bool) -> grpc.StatusCode:
+def _code(context: grpc.aio.ServicerContext, error: BaseException | None) -> grpc.StatusCode:
+    """The call's final status: what the handler or an abort set, else OK for a
+    return, CANCELLED for a cancelled call, UNKNOWN for any other exception."""
     code = context.code()
-    if code is None:
-        return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
-    if isinstance(code, int):  # set as a number by some code paths
-        return next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
-    return code
+    if isinstance(code, int):  # the status as a number
+        code = next((c for c in grpc.StatusCode if c.value[0] == code), grpc.StatusCode.UNKNOWN)
+    if code is not None and code != grpc.StatusCode.OK:
+        return code
+    if error is None:
+        return grpc.StatusCode.OK
+    return grpc.StatusCode.CANCELLED if isinstance(error, asyncio.CancelledError) else grpc.StatusCode.UNKNOWN
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
@@ -133,17 +138,18 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         async def counted(request, context: grpc.aio.ServicerContext):
             started = time.perf_counter()
-            failed = True
+            error = None
             try:
-                response = await behavior(request, context)
-                failed = False
-                return response
+                return await behavior(request, context)
+            except BaseException as raised:  # counted, then raised on
+                error = raised
+                raise
             finally:
                 try:
                     items = items_of(request) if items_of is not None else 0
                 except Exception:  # a malformed request still counts as a call
                     items = 0
-                metrics.record(method, _code(context, failed), items, time.perf_counter() - started)
+                metrics.record(method, _code(context, error), items, time.perf_counter() - started)
 
         return grpc.unary_unary_rpc_method_handler(
             counted,
