@@ -179,3 +179,23 @@ def test_internal_ports_require_a_client_certificate_of_the_ca(cluster: LocalClu
                 health_check(address, credentials)
             assert caught.value.code() == grpc.StatusCode.UNAVAILABLE, (service, client)
         assert health_check(address, good) == health_pb2.HealthCheckResponse.SERVING, service
+
+
+def test_moerm_score_with_a_token_file_and_tls(
+    cluster: LocalCluster, pki: Pki, tmp_path: Path, capsys
+) -> None:
+    from moerm.cli import main
+
+    source = tmp_path / "items.jsonl"
+    source.write_text(
+        '{"id": "a", "prompt": "Write a haiku about rain.", "response": "Soft rain on the roof."}\n'
+    )
+    token = tmp_path / "token"
+    token.write_text(SCORER + "\n")
+    tls = ["--tls-ca", str(pki.ca), "--tls-server-name", NAME]
+    assert main(["score", str(source), "--address", cluster.address, "--token-file", str(token), *tls]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == 1 and '"id": "a"' in out[0]
+    # No token: refused, and the CLI says why.
+    assert main(["score", str(source), "--address", cluster.address, *tls]) == 1
+    assert "UNAUTHENTICATED" in capsys.readouterr().err
