@@ -6,9 +6,9 @@ Every service counts its gRPC calls with :class:`RpcMetrics` (an interceptor):
 status code, and ``moerm_grpc_request_seconds`` (latency by method). Health and
 reflection calls are not counted. The parts add their own:
 
-- :class:`BatcherMetrics` (expert_svc): ``moerm_expert_queue_items`` and
-  ``moerm_expert_queue_requests`` (gauges: submitted and not yet finished; the
-  experts' autoscaler reads the first), ``moerm_expert_batch_size``,
+- :class:`BatcherMetrics` (expert_svc): ``moerm_expert_queue_items`` (gauge:
+  items submitted and not yet finished; the experts' autoscaler reads it) and
+  ``moerm_expert_queue_requests`` (requests not yet wholly handed to batches), ``moerm_expert_batch_size``,
   ``moerm_expert_batch_tokens`` and ``moerm_expert_queue_seconds`` (histograms),
   ``moerm_expert_rejected_total`` (queue full), all labelled by ``task``;
 - :class:`CacheMetrics` (router_svc): ``moerm_cache_hits_total{tier}``,
@@ -181,7 +181,7 @@ class BatcherMetrics:
             Gauge(f"{prefix}_queue_items", "items submitted and not yet finished", names, registry=r)
         )
         self.queue_requests = labelled(
-            Gauge(f"{prefix}_queue_requests", "requests waiting for their first batch", names, registry=r)
+            Gauge(f"{prefix}_queue_requests", "requests not yet wholly handed to batches", names, registry=r)
         )
         self.batch_size = labelled(
             Histogram(
