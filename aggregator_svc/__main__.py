@@ -14,8 +14,12 @@ from moerm.server import run_until_signalled, setup_logging
 
 async def serve(config: AggregatorConfig) -> None:
     # grpc.aio objects must be created inside the running event loop.
-    server = build_aggregator(config)
-    await run_until_signalled(server, grace_s=config.grace_s, port_file=config.port_file or None)
+    app = build_aggregator(config)
+    app.metrics.serve(config.host, config.metrics_port)
+    try:
+        await run_until_signalled(app.server, grace_s=config.grace_s, port_file=config.port_file or None)
+    finally:
+        app.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

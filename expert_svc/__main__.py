@@ -16,13 +16,17 @@ from moerm.server import run_until_signalled, setup_logging
 
 async def serve(config: ExpertConfig) -> None:
     app = build_expert(config)
-    await run_until_signalled(
-        app.server,
-        grace_s=config.grace_s,
-        port_file=config.port_file or None,
-        warm_up=app.load,
-        on_stop=app.batcher.stop,
-    )
+    app.metrics.serve(config.host, config.metrics_port)
+    try:
+        await run_until_signalled(
+            app.server,
+            grace_s=config.grace_s,
+            port_file=config.port_file or None,
+            warm_up=app.load,
+            on_stop=app.batcher.stop,
+        )
+    finally:
+        app.metrics.stop()
 
 
 def main(argv: list[str] | None = None) -> None:

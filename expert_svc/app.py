@@ -10,6 +10,8 @@ from expert_svc.scorer import ExpertScorer
 from expert_svc.servicer import ExpertServicer
 from moerm.batching import DynamicBatcher
 from moerm.bundle import Bundle
+from moerm.metrics import BatcherMetrics, ServiceMetrics, count_items
+from moerm.security import TlsFiles, serving_credentials
 from moerm.server import Server, create_server
 from moerm.v1 import expert_pb2, expert_pb2_grpc
 
@@ -22,6 +24,8 @@ class ExpertApp:
     scorer: ExpertScorer
     batcher: DynamicBatcher
     servicer: ExpertServicer
+    metrics: ServiceMetrics
+    config: ExpertConfig
 
     async def load(self) -> None:
         """Load the model off the event loop, then start batching."""
@@ -30,6 +34,7 @@ class ExpertApp:
 
     async def start(self) -> None:
         """Start serving and load the model; health turns SERVING after."""
+        self.metrics.serve(self.config.host, self.config.metrics_port)
         await self.server.start()
         await self.load()
         await self.server.set_serving(True)
@@ -39,10 +44,12 @@ class ExpertApp:
         await self.server.server.stop(grace_s)
         await self.batcher.stop()
         self.servicer.close()
+        self.metrics.stop()
 
 
 def build_expert(config: ExpertConfig) -> ExpertApp:
     bundle = Bundle.load(config.bundle)
+    metrics = ServiceMetrics([SERVICE_NAME], {"ScoreBatch": count_items})
     scorer = ExpertScorer(
         bundle,
         config.task,
@@ -62,6 +69,7 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         refill_wait_s=config.refill_wait_ms / 1000.0,
         max_queue_items=config.max_queue_items,
         max_wait_s=config.max_queue_wait_s,
+        metrics=BatcherMetrics(metrics.registry, "moerm_expert", {"task": config.task}),
     )
     servicer = ExpertServicer(
         scorer, batcher, norm=(config.norm_mean, config.norm_std), max_request_items=config.max_request_items
@@ -74,5 +82,11 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         serving=False,
         max_message_bytes=config.max_message_mb * 1024 * 1024,
         max_concurrent_rpcs=config.max_concurrent_rpcs or None,
+        interceptors=[metrics.rpc.interceptor()],
+        credentials=serving_credentials(
+            TlsFiles(config.tls_cert, config.tls_key, config.tls_ca), "expert_svc"
+        ),
     )
-    return ExpertApp(server=server, scorer=scorer, batcher=batcher, servicer=servicer)
+    return ExpertApp(
+        server=server, scorer=scorer, batcher=batcher, servicer=servicer, metrics=metrics, config=config
+    )

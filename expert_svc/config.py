@@ -17,6 +17,10 @@ class ExpertConfig:
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
+    metrics_port: int = option(-1, "HTTP port of Prometheus /metrics on --host (0: any free port, -1: off)")
+    tls_cert: str = option("", "PEM certificate this service serves (with --tls-key; mTLS with --tls-ca)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option("", "PEM CA whose client certificates are required (mutual TLS)")
     max_batch_size: int = option(32, "most items in one batch")
     max_batch_tokens: int = option(
         8192, "most tokens in one batch (a shared prefix counts once; padding counts when chunking)"
@@ -68,6 +72,8 @@ class ExpertConfig:
             )
         if self.max_batch_tokens < 1 or self.max_length < 0 or self.min_shared_prefix < 1:
             raise SystemExit("expert_svc: --max-batch-tokens and --min-shared-prefix must be positive")
+        if not -1 <= self.metrics_port <= 65535:
+            raise SystemExit("expert_svc: --metrics-port must be -1 (off), 0 (any) or a port")
         if self.dtype not in DTYPES:
             raise SystemExit(f"expert_svc: --dtype must be one of {', '.join(DTYPES)}")
         if self.norm_std < 0:

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from moerm.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from moerm.metrics import BatcherMetrics
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,7 @@ class _Pending:
     items: Sequence[Any]
     costs: Sequence[float]
     future: asyncio.Future
+    submitted: float = 0.0  # loop time at submit
     taken: int = 0  # items handed to batches so far
     parts: list[tuple[np.ndarray, ...]] = field(default_factory=list)  # outputs, in order
     done: int = 0  # items whose outputs are in parts
@@ -64,16 +66,6 @@ class _Slice:
     pending: _Pending
     start: int
     end: int
-
-
-@dataclass
-class BatcherStats:
-    batches: int = 0
-    items: int = 0
-    requests: int = 0
-    rejected: int = 0  # queue full, or expected to finish too late
-    rejected_late: int = 0  # of rejected: the expected wait exceeded the deadline or max_wait_s
-    tokens: float = 0.0
 
 
 class ServiceRate:
@@ -108,6 +100,7 @@ class DynamicBatcher:
         max_batch_tokens: float = float("inf"),
         refill_wait_s: float = 0.0,
         max_wait_s: float = float("inf"),
+        metrics: BatcherMetrics | None = None,
     ):
         self.fn = fn
         self.max_batch_size = max_batch_size
@@ -119,7 +112,9 @@ class DynamicBatcher:
         self.rate = ServiceRate()
         self._queued_cost = 0.0  # tokens submitted and not yet finished
         self._last_batch_items = 0
-        self.stats = BatcherStats()
+        # Queue gauges, batch histograms, time in queue (a private registry unless given).
+        self.metrics = metrics or BatcherMetrics()
+        self.metrics.watch(lambda: self._queued_items, lambda: self.queued_requests)
         self._queue: deque[_Pending] = deque()
         self._resume: deque[_Pending] = deque()  # split requests, queued again at the next batch
         self._arrived = asyncio.Event()
@@ -173,7 +168,7 @@ class DynamicBatcher:
         if self._worker is None:
             raise Unavailable("batcher not running")
         if self._queued_items + len(items) > self.max_queue_items:
-            self.stats.rejected += 1
+            self.metrics.rejected.inc()
             raise ResourceExhausted(
                 f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
             )
@@ -184,16 +179,15 @@ class DynamicBatcher:
         wait = self.expected_wait_s(cost)
         bound = min(self.max_wait_s, time_left_s if time_left_s is not None else float("inf"))
         if wait > bound:
-            self.stats.rejected += 1
-            self.stats.rejected_late += 1
+            self.metrics.rejected_late.inc()
             raise ResourceExhausted(
                 f"expert overloaded: expected to finish in {wait:.1f}s, "
                 f"{'the deadline is' if bound != self.max_wait_s else 'the bound is'} {bound:.1f}s"
             )
-        pending = _Pending(items, costs, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()
+        pending = _Pending(items, costs, loop.create_future(), submitted=loop.time())
         self._queued_items += len(items)
         self._queued_cost += cost
-        self.stats.requests += 1
         self._queue.append(pending)
         self._arrived.set()
         try:
@@ -282,13 +276,15 @@ class DynamicBatcher:
                 if live:
                     items = [item for part in live for item in part.pending.items[part.start : part.end]]
                     started = loop.time()
+                    for part in live:
+                        if part.start == 0:  # the request's first items run now
+                            self.metrics.queue_seconds.observe(started - part.pending.submitted)
                     outputs = await loop.run_in_executor(self._executor, self.fn, items)
                     live_tokens = sum(sum(p.pending.costs[p.start : p.end]) for p in live)
                     self.rate.observe(live_tokens, loop.time() - started)
                     self._last_batch_items = len(items)
-                    self.stats.batches += 1
-                    self.stats.items += len(items)
-                    self.stats.tokens += tokens
+                    self.metrics.batch_size.observe(len(items))
+                    self.metrics.batch_tokens.observe(tokens)
                     offset = 0
                     for part in live:
                         self._finish(part, outputs, offset)

@@ -8,7 +8,7 @@ written (the key holds everything the value depends on), so the two tiers cannot
 disagree; the local tier keeps Redis's TTL.
 
 A cache that is down or slow never fails a request: the call is bypassed,
-counted in :class:`CacheStats`, and the cache is skipped for ``backoff_s``
+counted (:class:`moerm.metrics.CacheMetrics`), and the cache is skipped for ``backoff_s``
 so that a dead server does not add a timeout to every request. redis-py is imported
 only when a URL is given.
 """
@@ -21,8 +21,8 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 
+from moerm.metrics import CacheMetrics
 from moerm.text import Turn
 
 log = logging.getLogger(__name__)
@@ -67,16 +67,6 @@ def cache_key(
     return KeyHasher(bundle_version, policy, turns).key(reward_model, response)
 
 
-@dataclass
-class CacheStats:
-    hits: int = 0  # from either tier
-    local_hits: int = 0  # of which from the in-process tier
-    misses: int = 0
-    writes: int = 0
-    errors: int = 0  # failed cache calls (each bypassed)
-    bypassed: int = 0  # calls skipped while backing off after an error
-
-
 class ScoreCache:
     """Async score cache. ``url=None`` disables it (every lookup misses)."""
 
@@ -89,13 +79,14 @@ class ScoreCache:
         backoff_s: float = 2.0,
         namespace: str = "",
         local_entries: int = 32768,
+        metrics: CacheMetrics | None = None,
     ):
         self.url = url
         # Prepended to every key: lets several clusters (or test runs) share one Redis.
         self.namespace = namespace
         self.ttl_s = ttl_s
         self.backoff_s = backoff_s
-        self.stats = CacheStats()
+        self.metrics = metrics if metrics is not None else CacheMetrics()
         self._down_until = 0.0
         self._client = None
         self.local_entries = local_entries
@@ -119,12 +110,12 @@ class ScoreCache:
         if self._client is None:
             return False
         if time.monotonic() < self._down_until:
-            self.stats.bypassed += 1
+            self.metrics.bypasses.inc()
             return False
         return True
 
     def _failed(self, what: str, error: Exception) -> None:
-        self.stats.errors += 1
+        self.metrics.errors.labels(what).inc()
         self._down_until = time.monotonic() + self.backoff_s
         log.warning("score cache %s failed, bypassing for %.1fs: %s", what, self.backoff_s, error)
 
@@ -155,7 +146,6 @@ class ScoreCache:
         now = time.monotonic()
         values = [self._local_get(key, now) for key in keys]
         local = sum(v is not None for v in values)
-        self.stats.local_hits += local
         remote = [i for i, v in enumerate(values) if v is None]
         if remote and self._available():
             try:
@@ -176,8 +166,9 @@ class ScoreCache:
             # Redis's remaining TTL is not fetched: a local copy lives at most ttl_s more.
             self._local_put(found, now + self.ttl_s)
         hits = sum(v is not None for v in values)
-        self.stats.hits += hits
-        self.stats.misses += len(values) - hits
+        self.metrics.hits.labels("local").inc(local)
+        self.metrics.hits.labels("redis").inc(hits - local)
+        self.metrics.misses.inc(len(values) - hits)
         return values
 
     async def set_many(self, entries: dict[str, dict]) -> None:
@@ -193,7 +184,7 @@ class ScoreCache:
                 for key, value in entries.items():
                     pipe.set(self.namespace + key, json.dumps(value, separators=(",", ":")), ex=self.ttl_s)
                 await pipe.execute()
-            self.stats.writes += len(entries)
+            self.metrics.writes.inc(len(entries))
         except Exception as error:
             self._failed("write", error)
 

@@ -185,6 +185,29 @@ def _read_items(source: str) -> list[dict]:
         return items
 
 
+def client_options(args: argparse.Namespace) -> dict:
+    """RewardClient keywords from ``moerm score``'s connection flags: the token (from
+    --token-file or $MOERM_TOKEN, never a flag: command lines are visible to every
+    local user) and TLS."""
+    from moerm.security import SecurityConfigError, TlsFiles, channel_credentials
+
+    token = os.environ.get("MOERM_TOKEN", "").strip()
+    if args.token_file:
+        try:
+            token = Path(args.token_file).read_text(encoding="utf-8").strip().split()[0]
+        except (OSError, IndexError) as error:
+            raise SystemExit(f"--token-file {args.token_file}: no token ({error})") from None
+    files = TlsFiles(args.tls_cert, args.tls_key, args.tls_ca)
+    credentials = None
+    if args.tls or files.enabled:
+        try:
+            files.check("moerm score", server=False)
+            credentials = channel_credentials(files)
+        except SecurityConfigError as error:
+            raise SystemExit(str(error)) from None
+    return {"token": token, "credentials": credentials, "server_name": args.tls_server_name}
+
+
 def cmd_score(args: argparse.Namespace) -> int:
     import grpc
 
@@ -192,7 +215,8 @@ def cmd_score(args: argparse.Namespace) -> int:
     from moerm.errors import field_violations
 
     items = _read_items(args.file)
-    with RewardClient(args.address, timeout_s=args.timeout) as client:
+    addresses = args.address or ["127.0.0.1:50051"]
+    with RewardClient(addresses, timeout_s=args.timeout, **client_options(args)) as client:
         try:
             rewards = client.score(
                 items, breakdown=args.breakdown, policy=args.policy, reward_model=args.reward_model
@@ -336,7 +360,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     score = sub.add_parser("score", help="score a JSONL file of items and print one JSON line per item")
     score.add_argument("file", help="JSONL: {prompt | messages, response, id?} per line; - for stdin")
-    score.add_argument("--address", default="127.0.0.1:50051", help="router address")
+    score.add_argument(
+        "--address",
+        action="append",
+        help="router address (default 127.0.0.1:50051); repeat it for several replicas, used in turn",
+    )
+    score.add_argument(
+        "--token-file", default="", help="file holding the bearer token (default: $MOERM_TOKEN if set)"
+    )
+    score.add_argument("--tls", action="store_true", help="TLS to the router, trusting the system's CAs")
+    score.add_argument("--tls-ca", default="", help="TLS, trusting this PEM CA")
+    score.add_argument("--tls-cert", default="", help="PEM client certificate (mutual TLS)")
+    score.add_argument("--tls-key", default="", help="PEM key of --tls-cert")
+    score.add_argument("--tls-server-name", default="", help="name the router's certificate must carry")
     score.add_argument("--breakdown", action="store_true", help="include per-capability scores")
     score.add_argument("--policy", default="", help="routing policy (default: the router's)")
     score.add_argument("--reward-model", default="", help="reward model for the fixed policy")

@@ -12,11 +12,20 @@ Score call that scored each item (its ``request_id``, a secret of that call): th
 client remembers the request_id of the last ``remember_ids`` ids it scored and adds
 it, or the caller passes ``(id, reward, request_id)`` triples (an id the client did not
 score comes back ``not_found``).
+
+Several router replicas: give several addresses (each call goes to the next one,
+a retry to another), or one ``dns:///`` name that resolves to every replica (its
+addresses are balanced round-robin). ``token`` is sent as ``authorization: Bearer
+<token>`` (a ``score`` token for Score, ``feedback`` for Feedback); ``credentials``
+(:func:`moerm.security.channel_credentials`) turns TLS on, ``server_name``
+overrides the name the router's certificate must carry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import json
 import random
 import time
 from collections import OrderedDict
@@ -170,37 +179,65 @@ class RetryPolicy:
         return random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
 
 
-CHANNEL_OPTIONS = [("grpc.max_receive_message_length", 64 * 1024 * 1024)]
+CHANNEL_OPTIONS = [
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    # A dns:/// name of several router replicas: spread calls over all of them.
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+]
+
+
+def _addresses(address: str | Sequence[str]) -> list[str]:
+    addresses = [address] if isinstance(address, str) else list(address)
+    if not addresses or not all(addresses):
+        raise ValueError("RewardClient needs at least one router address")
+    return addresses
+
+
+def _channel_options(server_name: str) -> list[tuple[str, Any]]:
+    return CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
+
+
+def _metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+    return (("authorization", f"Bearer {token}"),) if token else None
 
 
 class RewardClient:
-    """Blocking client. ``address`` is ``host:port`` (or any gRPC target)."""
+    """Blocking client. ``address`` is ``host:port`` (or any gRPC target), or a list
+    of them (router replicas, used in turn)."""
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         timeout_s: float = 60.0,
         batch_size: int = 256,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         remember_ids: int = 1_000_000,
+        token: str = "",
+        server_name: str = "",
     ):
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
         self.scored = ScoredIds(remember_ids)
-        if credentials is None:
-            self._channel = grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+        self._metadata = _metadata(token)
+        options = _channel_options(server_name)
+        self._channels = [
+            grpc.insecure_channel(a, options=options)
+            if credentials is None
+            else grpc.secure_channel(a, credentials, options=options)
+            for a in _addresses(address)
+        ]
+        self._stubs = [reward_pb2_grpc.RewardServiceStub(channel) for channel in self._channels]
+        self._turn = itertools.cycle(range(len(self._stubs)))
 
     def _call(self, request: Request, deadline: float, method: str = "Score"):
         for attempt in range(1, self.retry.attempts + 1):
             remaining = deadline - time.monotonic()
+            stub = self._stubs[next(self._turn)]
             try:
-                return getattr(self._stub, method)(request, timeout=max(remaining, 0.001))
+                return getattr(stub, method)(request, timeout=max(remaining, 0.001), metadata=self._metadata)
             except grpc.RpcError as error:
                 pause = self.retry.delay(attempt)
                 if (
@@ -253,7 +290,8 @@ class RewardClient:
         return _feedback_outcomes(requests, replies)
 
     def close(self) -> None:
-        self._channel.close()
+        for channel in self._channels:
+            channel.close()
 
     def __enter__(self) -> RewardClient:
         return self
@@ -263,11 +301,12 @@ class RewardClient:
 
 
 class AsyncRewardClient:
-    """asyncio client; batches of one call run concurrently (``concurrency``)."""
+    """asyncio client; batches of one call run concurrently (``concurrency``).
+    Addresses, token and TLS as :class:`RewardClient`."""
 
     def __init__(
         self,
-        address: str,
+        address: str | Sequence[str],
         *,
         timeout_s: float = 60.0,
         batch_size: int = 256,
@@ -275,24 +314,34 @@ class AsyncRewardClient:
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
         remember_ids: int = 1_000_000,
+        token: str = "",
+        server_name: str = "",
     ):
         self.timeout_s = timeout_s
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
         self.scored = ScoredIds(remember_ids)
         self._limit = asyncio.Semaphore(concurrency)
-        if credentials is None:
-            self._channel = grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS)
-        else:
-            self._channel = grpc.aio.secure_channel(address, credentials, options=CHANNEL_OPTIONS)
-        self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
+        self._metadata = _metadata(token)
+        options = _channel_options(server_name)
+        self._channels = [
+            grpc.aio.insecure_channel(a, options=options)
+            if credentials is None
+            else grpc.aio.secure_channel(a, credentials, options=options)
+            for a in _addresses(address)
+        ]
+        self._stubs = [reward_pb2_grpc.RewardServiceStub(channel) for channel in self._channels]
+        self._turn = itertools.cycle(range(len(self._stubs)))
 
     async def _call(self, request: Request, deadline: float, method: str = "Score"):
         async with self._limit:
             for attempt in range(1, self.retry.attempts + 1):
                 remaining = deadline - time.monotonic()
+                stub = self._stubs[next(self._turn)]
                 try:
-                    return await getattr(self._stub, method)(request, timeout=max(remaining, 0.001))
+                    return await getattr(stub, method)(
+                        request, timeout=max(remaining, 0.001), metadata=self._metadata
+                    )
                 except grpc.aio.AioRpcError as error:
                     pause = self.retry.delay(attempt)
                     if (
@@ -336,7 +385,8 @@ class AsyncRewardClient:
         return _feedback_outcomes(requests, replies)
 
     async def close(self) -> None:
-        await self._channel.close()
+        for channel in self._channels:
+            await channel.close()
 
     async def __aenter__(self) -> AsyncRewardClient:
         return self

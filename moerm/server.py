@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +67,8 @@ def create_server(
     serving: bool = True,
     max_message_bytes: int = MAX_MESSAGE_BYTES,
     max_concurrent_rpcs: int | None = None,
+    interceptors: Sequence[grpc.aio.ServerInterceptor] = (),
+    credentials: grpc.ServerCredentials | None = None,
 ) -> Server:
     """Build a grpc.aio server with health, reflection and error mapping.
 
@@ -75,10 +77,13 @@ def create_server(
     bound port is returned. With ``serving=False`` health starts NOT_SERVING
     (an expert until its model is loaded). ``max_message_bytes`` bounds a message;
     beyond ``max_concurrent_rpcs`` calls in progress, new calls are answered
-    RESOURCE_EXHAUSTED at once (None: no bound).
+    RESOURCE_EXHAUSTED at once (None: no bound). ``interceptors`` run before the error
+    mapping, in order (metrics first, then authentication: :mod:`moerm.metrics`,
+    :mod:`moerm.security`). ``credentials``: TLS (:func:`moerm.security.server_credentials`);
+    None binds plaintext.
     """
     server = grpc.aio.server(
-        interceptors=[ErrorMappingInterceptor()],
+        interceptors=[*interceptors, ErrorMappingInterceptor()],
         options=message_options(max_message_bytes),
         maximum_concurrent_rpcs=max_concurrent_rpcs,
     )
@@ -90,7 +95,11 @@ def create_server(
         (*names, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
         server,
     )
-    bound = server.add_insecure_port(f"{host}:{port}")
+    address = f"[{host}]:{port}" if ":" in host and not host.startswith("[") else f"{host}:{port}"
+    if credentials is None:
+        bound = server.add_insecure_port(address)
+    else:
+        bound = server.add_secure_port(address, credentials)
     if bound == 0:
         raise OSError(f"could not bind {host}:{port}")
     return Server(server=server, port=bound, health=health, service_names=names, initially_serving=serving)

@@ -39,11 +39,13 @@ class LocalCluster:
         router_overrides: dict | None = None,
         expert_overrides: dict | None = None,
         external_experts: Mapping[str, ExpertConfig] | None = None,
+        aggregator_overrides: dict | None = None,
     ):
         self.bundle_dir = str(bundle_dir)
         self.redis_url = redis_url
         self.router_overrides = router_overrides or {}
         self.expert_overrides = expert_overrides or {}
+        self.aggregator_overrides = aggregator_overrides or {}
         self.external_configs = dict(external_experts or {})
         self.loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self.loop.run_forever, name="local-cluster", daemon=True)
@@ -75,7 +77,9 @@ class LocalCluster:
 
     async def _start(self) -> None:
         bundle = Bundle.load(self.bundle_dir)
-        self.aggregator = build_aggregator(AggregatorConfig(bundle=self.bundle_dir))
+        self.aggregator = build_aggregator(
+            replace(AggregatorConfig(bundle=self.bundle_dir), **self.aggregator_overrides)
+        )
         await self.aggregator.start()
         for task in bundle.manifest.tasks:
             config = replace(ExpertConfig(bundle=self.bundle_dir, task=task), **self.expert_overrides)
@@ -125,7 +129,7 @@ class LocalCluster:
             for app in (*self.experts.values(), *self.externals.values()):
                 await app.stop(grace_s=0)
             if self.aggregator is not None:
-                await self.aggregator.server.stop(0)
+                await self.aggregator.stop(grace_s=0)
 
         try:
             self.run(_stop(), timeout=60)

@@ -16,12 +16,13 @@ from router_svc.config import RouterConfig
 
 async def serve(config: RouterConfig) -> None:
     app = build_router(config)
+    app.metrics.serve(config.host, config.metrics_port)
     await run_until_signalled(
         app.server,
         grace_s=config.grace_s,
         port_file=config.port_file or None,
         warm_up=app.load,
-        on_stop=app.close,
+        on_stop=app.close,  # stops the metrics server too
     )
 
 

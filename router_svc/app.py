@@ -13,12 +13,23 @@ from moerm.bundle import Bundle
 from moerm.cache import ScoreCache
 from moerm.devices import resolve
 from moerm.embedded_redis import EmbeddedRedis
+from moerm.metrics import CacheMetrics, RouterMetrics, ServiceMetrics, count_items
 from moerm.models.classifier import TaskClassifier
 from moerm.routing.policies import Hyperparameters
 from moerm.routing.pool import RewardModelPool, build_pool
 from moerm.routing.prior import OfflineRouter
 from moerm.routing.state import RoutingState
 from moerm.routing.store import BanditStore
+from moerm.security import (
+    FEEDBACK,
+    SCORE,
+    SecurityConfigError,
+    TlsFiles,
+    TokenAuthInterceptor,
+    TokenFile,
+    channel_credentials,
+    serving_credentials,
+)
 from moerm.server import NOT_SERVING, SERVING, Server, create_server
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from router_svc.config import RouterConfig
@@ -43,6 +54,8 @@ def task_service_name(task: str) -> str:
 class RouterApp:
     server: Server
     router: Router
+    metrics: ServiceMetrics
+    config: RouterConfig
     embedded_redis: EmbeddedRedis | None = None
     embedded_state: EmbeddedRedis | None = None
     _health_task: asyncio.Task | None = None
@@ -69,6 +82,7 @@ class RouterApp:
             await self.report_tasks()
 
     async def start(self) -> None:
+        self.metrics.serve(self.config.host, self.config.metrics_port)
         await self.server.start()
         await self.load()
         await self.server.set_serving(True)
@@ -81,6 +95,7 @@ class RouterApp:
         for server in (self.embedded_redis, self.embedded_state):
             if server is not None:
                 server.stop()
+        self.metrics.stop()
 
     async def stop(self, grace_s: float = 1.0) -> None:
         await self.server.set_serving(False)
@@ -130,8 +145,37 @@ def bandit_state(
     return RoutingState(pool.names, dim, store, hyperparameters=hyper, seed=config.bandit_seed)
 
 
+def method_scopes() -> dict[str, str]:
+    """The token scope each RewardService method needs."""
+    return {f"/{SERVICE_NAME}/Score": SCORE, f"/{SERVICE_NAME}/Feedback": FEEDBACK}
+
+
+def security(config: RouterConfig):
+    """(server credentials of the public port, interceptors, channel credentials to
+    the experts and aggregator) from the flags; exits naming a file that cannot be used."""
+    try:
+        public = TlsFiles(config.public_tls_cert, config.public_tls_key)
+        internal = TlsFiles(config.tls_cert, config.tls_key, config.tls_ca)
+        internal.check("router_svc (to experts and aggregator)", server=False)
+        server_credentials = serving_credentials(public, "router_svc (public port)")
+        client_credentials = channel_credentials(internal) if internal.enabled else None
+        tokens = TokenFile(config.auth_tokens) if config.auth_tokens else None
+    except SecurityConfigError as error:
+        raise SystemExit(f"router_svc: {error}") from None
+    if tokens is None:
+        log.warning("no --auth-tokens: any caller that reaches the port may call Score and Feedback")
+    else:
+        log.info("token authentication: %d tokens from %s", len(tokens), config.auth_tokens)
+    interceptors = [TokenAuthInterceptor(tokens, method_scopes())] if tokens is not None else []
+    return server_credentials, interceptors, client_credentials
+
+
 def build_router(config: RouterConfig, embedder=None) -> RouterApp:
     """Must run inside the event loop (it opens grpc.aio channels)."""
+    if config.cluster and config.redis_url in ("", "off"):
+        raise SystemExit("router_svc: cluster mode needs a shared Redis (--redis-url)")
+    server_credentials, auth, client_credentials = security(config)
+    metrics = ServiceMetrics([SERVICE_NAME], {"Score": count_items, "Feedback": count_items})
     bundle = Bundle.load(config.bundle)
     try:
         pool = build_pool(bundle.manifest, externals=config.external_endpoints, norms=config.norms)
@@ -144,7 +188,7 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
     elif not url:
         embedded = EmbeddedRedis().start()
         url = embedded.url
-        log.info("score cache and bandit state: embedded server at %s", url)
+        log.info("score cache: embedded server at %s", url)
     state_url = None
     embedded_state = None
     if url is not None:
@@ -165,11 +209,19 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         ttl_s=config.cache_ttl_s,
         timeout_s=config.cache_timeout_ms / 1000.0,
         namespace=config.cache_namespace,
+        metrics=CacheMetrics(metrics.registry),
     )
     dim = bundle.manifest.router.embed_dim
     hyper = hyperparameters(config, pool, dim)
     state = bandit_state(config, state_url, pool, hyper, dim) if state_url else None
-    downstream = Downstream(config.expert_endpoints, config.aggregator, config.external_endpoints)
+    downstream = Downstream(
+        config.expert_endpoints,
+        config.aggregator,
+        config.external_endpoints,
+        credentials=client_credentials,
+        server_name=config.tls_server_name,
+        wait_for_ready=config.cluster,
+    )
     try:
         placement = resolve("cpu", config.embed_dtype)
     except ValueError as error:
@@ -182,7 +234,17 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         threads=config.torch_threads,
     )
     log.info("prompt embedder: %s, %d tokens", placement, classifier.max_tokens)
-    router = Router(config, bundle, classifier, cache, downstream, pool, state, hyper)
+    router = Router(
+        config,
+        bundle,
+        classifier,
+        cache,
+        downstream,
+        pool,
+        state,
+        hyper,
+        metrics=RouterMetrics(metrics.registry),
+    )
     servicer = RewardServicer(router)
     server = create_server(
         lambda s: reward_pb2_grpc.add_RewardServiceServicer_to_server(servicer, s),
@@ -192,5 +254,14 @@ def build_router(config: RouterConfig, embedder=None) -> RouterApp:
         serving=False,
         max_message_bytes=config.max_message_mb * 1024 * 1024,
         max_concurrent_rpcs=config.max_concurrent_rpcs or None,
+        interceptors=[metrics.rpc.interceptor(), *auth],
+        credentials=server_credentials,
     )
-    return RouterApp(server=server, router=router, embedded_redis=embedded, embedded_state=embedded_state)
+    return RouterApp(
+        server=server,
+        router=router,
+        metrics=metrics,
+        config=config,
+        embedded_redis=embedded,
+        embedded_state=embedded_state,
+    )

@@ -58,6 +58,21 @@ class RouterConfig:
     host: str = option("127.0.0.1", "address to bind")
     port: int = option(0, "port to bind (0: any free port)")
     port_file: str = option("", "write the bound port to this file once listening")
+    metrics_port: int = option(-1, "HTTP port of Prometheus /metrics on --host (0: any free port, -1: off)")
+    cluster: bool = option(
+        False, "cluster mode: refuse to start without a shared --redis-url (replicas share bandit state)"
+    )
+    auth_tokens: str = option(
+        "", "token file, 'TOKEN SCOPE[,SCOPE]' a line (scopes score, feedback); '' = no authentication"
+    )
+    public_tls_cert: str = option("", "PEM certificate of the public port (TLS; '' = plaintext)")
+    public_tls_key: str = option("", "PEM private key of --public-tls-cert")
+    tls_cert: str = option("", "PEM client certificate presented to experts and aggregator (mTLS)")
+    tls_key: str = option("", "PEM private key of --tls-cert")
+    tls_ca: str = option("", "PEM CA that signed the experts' and aggregator's certificates (TLS to them)")
+    tls_server_name: str = option(
+        "", "name the internal services' certificates must carry ('' = each address's host name)"
+    )
     redis_url: str = option(
         "",
         "score cache and bandit state: redis://HOST:PORT/DB; empty starts an embedded server; "
@@ -114,6 +129,11 @@ class RouterConfig:
     def validate(self) -> None:
         if not self.bundle:
             raise SystemExit("router_svc: --bundle (or MOERM_BUNDLE) is required")
+        if self.cluster and self.redis_url in ("", "off"):
+            raise SystemExit(
+                "router_svc: cluster mode needs a shared Redis: --redis-url redis://HOST:PORT/DB "
+                "(or MOERM_REDIS_URL); an embedded or no Redis would give each replica its own bandits"
+            )
         if not self.aggregator:
             raise SystemExit("router_svc: --aggregator (or MOERM_AGGREGATOR) is required")
         if self.default_policy not in policies.POLICIES:
@@ -126,6 +146,8 @@ class RouterConfig:
         parse_endpoints(self.experts)
         parse_endpoints(self.external, "NAME")
         parse_norms(self.rm_norm)
+        if not -1 <= self.metrics_port <= 65535:
+            raise SystemExit("router_svc: --metrics-port must be -1 (off), 0 (any) or a port")
         if self.max_items < 1 or self.max_text_chars < 1 or self.max_message_mb < 1:
             raise SystemExit("router_svc: max_items, max_text_chars and max_message_mb must be positive")
         if not (math.isfinite(self.max_feedback_abs) and 0 < self.max_feedback_abs <= 1e150):

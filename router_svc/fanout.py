@@ -11,6 +11,7 @@ outputs. All calls of a stage run concurrently with the rest of the deadline.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
@@ -34,7 +35,44 @@ CHANNEL_OPTIONS = [
     # reconnect backoff of up to two minutes.
     ("grpc.initial_reconnect_backoff_ms", 500),
     ("grpc.max_reconnect_backoff_ms", 2000),
+    ("grpc.enable_retries", 1),
+    # Retries keep a copy of the request; a batch of hidden states can be large.
+    ("grpc.per_rpc_retry_buffer_size", MAX_MESSAGE_BYTES),
+    ("grpc.retry_buffer_size", 4 * MAX_MESSAGE_BYTES),
+    # A replica gone makes the dns:/// resolver look again; at most once a second.
+    ("grpc.dns_min_time_between_resolutions_ms", 1000),
 ]
+
+
+def service_config(wait_for_ready: bool) -> str:
+    """The channels' gRPC service config. With a dns:/// target of a headless Service
+    (or an ``ipv4:A,B`` list) calls spread round-robin over the replicas; a call that
+    fails UNAVAILABLE (a replica dying, draining or still loading) is tried again on
+    another, up to 5 attempts within its deadline. ``wait_for_ready``: a call that
+    finds no replica ready waits for one (within its deadline) instead of failing
+    at once: right on Kubernetes, where a rollout or the autoscaler brings replicas
+    back; wrong on one machine, where a dead expert should answer UNAVAILABLE now."""
+    return json.dumps(
+        {
+            "loadBalancingConfig": [{"round_robin": {}}],
+            "methodConfig": [
+                {
+                    "name": [
+                        {"service": "moerm.v1.ExpertService"},
+                        {"service": "moerm.v1.AggregatorService"},
+                    ],
+                    "waitForReady": wait_for_ready,
+                    "retryPolicy": {
+                        "maxAttempts": 5,
+                        "initialBackoff": "0.05s",
+                        "maxBackoff": "1s",
+                        "backoffMultiplier": 2,
+                        "retryableStatusCodes": ["UNAVAILABLE"],
+                    },
+                }
+            ],
+        }
+    )
 
 
 @dataclass(frozen=True)
@@ -181,15 +219,30 @@ def target_of(spec: RewardModelSpec) -> str:
 
 class Downstream:
     """grpc.aio channels to every task's experts, the externals and the aggregator.
-    Must be created inside the event loop.
+    Must be created inside the event loop. ``credentials``: TLS (mTLS) to all of them;
+    ``server_name``: the name their certificates must carry ('' = each address's host);
+    ``wait_for_ready``: see :func:`service_config`.
 
     Liveness (:meth:`live`): a target is down while its channel cannot connect
     (TRANSIENT_FAILURE) or for :data:`RECHECK_S` after a call to it failed as
     unavailable; policies then leave it out (bandits choose the best live arm,
     ensembles score with the live members)."""
 
-    def __init__(self, expert_endpoints: dict[str, str], aggregator: str, external_endpoints: dict[str, str]):
-        self._channels = [grpc.aio.insecure_channel(aggregator, options=CHANNEL_OPTIONS)]
+    def __init__(
+        self,
+        expert_endpoints: dict[str, str],
+        aggregator: str,
+        external_endpoints: dict[str, str],
+        *,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str = "",
+        wait_for_ready: bool = False,
+    ):
+        self._credentials = credentials
+        self._options = [*CHANNEL_OPTIONS, ("grpc.service_config", service_config(wait_for_ready))]
+        if server_name:
+            self._options.append(("grpc.ssl_target_name_override", server_name))
+        self._channels = [self._channel(aggregator)]
         self._channel_of: dict[str, grpc.aio.Channel] = {}
         self.aggregator = aggregator_pb2_grpc.AggregatorServiceStub(self._channels[0])
         self.experts = {task: self._stub(task, address) for task, address in expert_endpoints.items()}
@@ -197,8 +250,13 @@ class Downstream:
         self.calls = 0  # ScoreBatch calls made, for stats
         self._failed_at: dict[str, float] = {}
 
+    def _channel(self, address: str) -> grpc.aio.Channel:
+        if self._credentials is None:
+            return grpc.aio.insecure_channel(address, options=self._options)
+        return grpc.aio.secure_channel(address, self._credentials, options=self._options)
+
     def _stub(self, target: str, address: str) -> expert_pb2_grpc.ExpertServiceStub:
-        self._channels.append(grpc.aio.insecure_channel(address, options=CHANNEL_OPTIONS))
+        self._channels.append(self._channel(address))
         self._channel_of[target] = self._channels[-1]
         return expert_pb2_grpc.ExpertServiceStub(self._channels[-1])
 

@@ -21,7 +21,6 @@ import asyncio
 import logging
 import time
 import uuid
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -31,11 +30,12 @@ import numpy as np
 from moerm.bundle import Bundle
 from moerm.cache import KeyHasher, ScoreCache
 from moerm.errors import MoermError, NotFound, Unavailable, shown
+from moerm.metrics import RouterMetrics
 from moerm.models.classifier import Route, TaskClassifier
 from moerm.routing import policies
 from moerm.routing.policies import Hyperparameters
 from moerm.routing.pool import RewardModelPool, RewardScale, dmoerm_name
-from moerm.routing.state import NOT_FOUND, RoutingState
+from moerm.routing.state import APPLIED, NOT_FOUND, RoutingState
 from moerm.routing.store import Decision
 from router_svc.config import RouterConfig
 from router_svc.contexts import PromptContexts
@@ -73,18 +73,6 @@ class ScoredCall:
     scores: list[ItemScore]
 
 
-@dataclass
-class RouterStats:
-    requests: int = 0
-    items: int = 0
-    fallbacks: int = 0
-    by_task: dict[str, int] = field(default_factory=lambda: defaultdict(int))
-    by_reward_model: dict[str, int] = field(default_factory=lambda: defaultdict(int))  # scores computed
-    feedback_items: int = 0
-    feedback_applied: int = 0
-    bandit_store_errors: int = 0  # store calls that failed (choices fell back to local state)
-
-
 def decision_id(request_id: str, item_id: str) -> str:
     """What an item's decision is kept under: the Score call's request_id (a secret only
     that caller knows) and the item's id, so feedback is bound to the call that scored
@@ -103,6 +91,7 @@ class Router:
         pool: RewardModelPool,
         state: RoutingState | None,
         hyperparameters: Hyperparameters | None = None,
+        metrics: RouterMetrics | None = None,
     ):
         missing = sorted(set(bundle.manifest.tasks) - set(config.expert_endpoints))
         if missing:
@@ -116,7 +105,7 @@ class Router:
         self.state = state
         self.hyperparameters = hyperparameters or Hyperparameters(uwo_lambda=config.uwo_lambda)
         self.contexts = PromptContexts(classifier, cache, bundle.version)
-        self.stats = RouterStats()
+        self.metrics = metrics if metrics is not None else RouterMetrics()
         self.loaded = False
 
     async def load(self) -> None:
@@ -141,7 +130,7 @@ class Router:
                 applied = await self.state.sync()
                 log.info("bandit state: %d feedback events replayed", applied)
             except Exception as error:  # the store may come up later; choices sync again
-                self.stats.bandit_store_errors += 1
+                self.metrics.bandit_store_errors.inc()
                 log.warning("bandit store unreachable at start-up: %s", error)
         self.loaded = True
 
@@ -169,8 +158,6 @@ class Router:
         deadline = time.monotonic() + (
             time_remaining if time_remaining is not None else self.config.default_timeout_s
         )
-        self.stats.requests += 1
-        self.stats.items += len(call.items)
         request_id = uuid.uuid4().hex
         remembered = self.remembers(call.policy)
         ids = [item.id or (f"{request_id}/{i}" if remembered else "") for i, item in enumerate(call.items)]
@@ -180,7 +167,7 @@ class Router:
             contexts = await self.contexts.embed([item.turns for item in call.items])
             probabilities = self.classifier.probabilities(contexts)
             routes = self.classifier.routes(probabilities)
-            self.stats.fallbacks += sum(route.fallback for route in routes)
+            self.metrics.fallbacks.inc(sum(route.fallback for route in routes))
         members = await self._members(call, contexts, routes)
         scores = await self._member_scores(call.items, members, deadline, partial=kind == policies.ENSEMBLE)
         results = [
@@ -191,7 +178,7 @@ class Router:
         ]
         for result in results:
             if result.task:
-                self.stats.by_task[result.task] += 1
+                self.metrics.routed.labels(result.task).inc()
         if remembered:
             await self._remember(call.policy, [decision_id(request_id, i) for i in ids], members, contexts)
         return ScoredCall(request_id, ids, results)
@@ -233,7 +220,7 @@ class Router:
         except MoermError:
             raise
         except Exception as error:  # store down: choose from this replica's state as it is
-            self.stats.bandit_store_errors += 1
+            self.metrics.bandit_store_errors.inc()
             log.warning("bandit store unreachable, choosing without syncing: %s", error)
             arms = self.state.choose_unsynced(policy, contexts[distinct], live=mask)
         arm_of = dict(zip(distinct, arms, strict=True))
@@ -275,7 +262,7 @@ class Router:
             found.update(zip(misses, fresh, strict=True))
             for job, score in zip(jobs, fresh, strict=True):
                 if score is not None:
-                    self.stats.by_reward_model[job.spec.name] += 1
+                    self.metrics.scores_computed.labels(job.spec.name).inc()
             await self.cache.set_many(
                 {key: found[key].to_cache() for key in misses if found[key] is not None}
             )
@@ -346,7 +333,7 @@ class Router:
         try:
             await self.state.store.remember(decisions)
         except Exception as error:
-            self.stats.bandit_store_errors += 1
+            self.metrics.bandit_store_errors.inc()
             log.warning("bandit store unreachable, %d decisions not remembered: %s", len(decisions), error)
 
     async def feedback(self, call: FeedbackCall) -> dict[tuple[str, str], str]:
@@ -360,10 +347,11 @@ class Router:
         except MoermError:
             raise
         except Exception as error:
-            self.stats.bandit_store_errors += 1
+            self.metrics.bandit_store_errors.inc()
             raise Unavailable(f"bandit store unavailable ({type(error).__name__}: {error})") from error
-        self.stats.feedback_items += len(call.ids)
-        self.stats.feedback_applied += sum(outcome == "applied" for outcome in outcomes.values())
+        for outcome in outcomes.values():
+            self.metrics.feedback.labels(outcome).inc()
+        self.metrics.bandit_updates.inc(sum(outcome == APPLIED for outcome in outcomes.values()))
         unknown = [
             item_id for key, item_id in zip(call.keys, call.ids, strict=True) if outcomes[key] == NOT_FOUND
         ]

@@ -15,6 +15,7 @@ import pytest
 import redis
 
 from moerm.errors import field_violations
+from moerm.metrics import sample
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from moerm_local import LocalCluster
 from router_svc.router import decision_id
@@ -308,7 +309,7 @@ def test_bandit_store_down_degrades_score_and_fails_feedback(minilm_bundle: Path
         server.stop()  # the store dies
         again = score(stub, items("store-down-later", 2), policy="thompson")  # still answers
         assert all(len(r.reward_models) == 1 for r in again.results)
-        assert running.router.router.stats.bandit_store_errors >= 1
+        assert sample(running.router.metrics.registry, "moerm_bandit_store_errors_total") >= 1
         with pytest.raises(grpc.RpcError) as caught:
             feedback(stub, [(r.id, 1.0, again.request_id) for r in again.results])
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE

@@ -21,6 +21,7 @@ import pytest
 from expert_svc.config import ExpertConfig
 from moerm.bundle_build import with_random_base_models
 from moerm.errors import field_violations
+from moerm.metrics import sample
 from moerm.tensors import from_proto
 from moerm.v1 import expert_pb2, expert_pb2_grpc, reward_pb2, reward_pb2_grpc, tensor_pb2
 from moerm_local import LocalCluster
@@ -112,9 +113,10 @@ def test_pool_is_offered_in_order(cluster: LocalCluster) -> None:
 
 def test_external_reward_model_is_called_over_grpc(cluster: LocalCluster, stub) -> None:
     batch = items("external")
-    before = cluster.externals["other"].batcher.stats.items
+    registry = cluster.externals["other"].metrics.registry
+    before = sample(registry, "moerm_expert_batch_size_sum", task="writing")
     reply = score(stub, batch, reward_model="other", return_breakdown=True)
-    assert cluster.externals["other"].batcher.stats.items - before == len(batch)
+    assert sample(registry, "moerm_expert_batch_size_sum", task="writing") - before == len(batch)
     # Its reward is the first column of its scores, normalized as its Describe declared.
     own = direct(cluster.external_address("other"), expert_request("writing", batch))
     first = from_proto(own.scores)[:, 0]

@@ -11,6 +11,11 @@ import pytest
 
 from moerm.batching import DynamicBatcher
 from moerm.errors import DeadlineExceeded, Internal, ResourceExhausted, Unavailable
+from moerm.metrics import sample
+
+
+def metric(batcher: DynamicBatcher, name: str) -> float:
+    return sample(batcher.metrics.registry, f"moerm_batcher_{name}")
 
 
 class Recorder:
@@ -73,7 +78,8 @@ async def test_concurrent_submits_share_one_call(make, fn: Recorder) -> None:
     assert fn.calls[0] == [1, 2, 3, 4, 5, 6]  # in submission order
     for request, outputs in zip(requests, results, strict=True):
         check(request, outputs)
-    assert (batcher.stats.batches, batcher.stats.items, batcher.stats.requests) == (1, 6, 3)
+    assert (metric(batcher, "batch_size_count"), metric(batcher, "batch_size_sum")) == (1, 6)
+    assert metric(batcher, "queue_seconds_count") == 3  # each request waited once
 
 
 async def test_results_stay_with_their_caller(make, fn: Recorder) -> None:
@@ -91,7 +97,7 @@ async def test_large_request_is_split(make, fn: Recorder) -> None:
     check(items, await batcher.submit(items))
     assert [len(c) for c in fn.calls] == [4, 4, 2]
     assert [x for c in fn.calls for x in c] == items
-    assert batcher.stats.batches == 3
+    assert metric(batcher, "batch_size_count") == 3
 
 
 async def test_batch_does_not_exceed_max_batch_size_across_callers(make, fn: Recorder) -> None:
@@ -120,7 +126,7 @@ async def test_queue_limit(make, fn: Recorder) -> None:
     fn.gate.set()
     check([7], await asyncio.wait_for(seventh, 5))
     check([1, 2, 3, 4], await first)
-    assert batcher.stats.rejected == 2
+    assert metric(batcher, "rejected_total") == 2
     check([1, 2, 3, 4, 5], await batcher.submit([1, 2, 3, 4, 5]))  # the limit is freed again
 
 
@@ -167,7 +173,7 @@ async def test_token_budget_bounds_a_batch(make, fn: Recorder) -> None:
     # 4 + 4 fit in 10 tokens, the third does not; an item over the budget runs alone; the
     # rest of the split request waits behind the request that was already waiting.
     assert fn.calls == [[1, 2], [4], [3]]
-    assert batcher.stats.tokens == 62
+    assert metric(batcher, "batch_tokens_sum") == 62
 
 
 async def test_a_split_request_shares_batches_with_the_next(make, fn: Recorder) -> None:
@@ -257,7 +263,7 @@ async def test_a_request_that_would_finish_too_late_is_rejected_at_once(make, fn
     with pytest.raises(ResourceExhausted, match="deadline"):
         await batcher.submit([7], time_left_s=2.0)
     assert asyncio.get_running_loop().time() - started < 0.1  # answered at once
-    assert batcher.stats.rejected_late == 1
+    assert metric(batcher, "rejected_late_total") == 1
     batcher.max_wait_s = 5.0
     with pytest.raises(ResourceExhausted, match="bound"):
         await batcher.submit([7], time_left_s=60.0)
