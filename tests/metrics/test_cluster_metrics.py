@@ -80,16 +80,24 @@ def test_scraped_counts_match_the_calls(cluster: LocalCluster) -> None:
         chosen = stub.Score(reward_pb2.ScoreRequest(items=bandit, policy="linucb"), timeout=60)
         ids = [r.id for r in chosen.results]
         applied = stub.Feedback(
-            reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id=i, reward=1.0) for i in ids]),
+            reward_pb2.FeedbackRequest(
+                items=[reward_pb2.FeedbackItem(id=i, reward=1.0, request_id=chosen.request_id) for i in ids]
+            ),
             timeout=30,
         )
         repeated = stub.Feedback(
-            reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id=i, reward=1.0) for i in ids[:1]]),
+            reward_pb2.FeedbackRequest(
+                items=[
+                    reward_pb2.FeedbackItem(id=i, reward=1.0, request_id=chosen.request_id) for i in ids[:1]
+                ]
+            ),
             timeout=30,
         )
         with pytest.raises(grpc.RpcError) as unknown:
             stub.Feedback(
-                reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id=f"nobody-{tag}", reward=0.0)]),
+                reward_pb2.FeedbackRequest(
+                    items=[reward_pb2.FeedbackItem(id=f"nobody-{tag}", reward=0.0, request_id="0" * 32)]
+                ),
                 timeout=30,
             )
         assert unknown.value.code() == grpc.StatusCode.NOT_FOUND

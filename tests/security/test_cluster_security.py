@@ -106,7 +106,9 @@ def test_tokens_and_scopes_on_the_public_api(cluster: LocalCluster, pki: Pki) ->
     with public_channel(cluster, pki) as channel:
         stub = reward_pb2_grpc.RewardServiceStub(channel)
         score = reward_pb2.ScoreRequest(items=items("auth"))
-        feedback = reward_pb2.FeedbackRequest(items=[reward_pb2.FeedbackItem(id="never-scored", reward=1.0)])
+        feedback = reward_pb2.FeedbackRequest(
+            items=[reward_pb2.FeedbackItem(id="never-scored", reward=1.0, request_id="0" * 32)]
+        )
 
         def bearer(token: str):
             return (("authorization", f"Bearer {token}"),)
