@@ -10,9 +10,10 @@ score gets ``None`` (TRL turns it into NaN and leaves it out of the advantages).
 :class:`AsyncMoermReward` is the ``async`` twin (TRL runs async reward functions
 concurrently with each other).
 
-With ``outcome_column="passed"`` (a dataset column, or one another reward function
-fills in, e.g. a verifier's pass/fail) the trainer's per-item outcome goes back to
-moerm as ``Feedback`` for the items moerm scored, so the bandit policies
+With ``outcome_column="passed"`` (a dataset column holding a per-item outcome) or
+``outcome_fn`` (a verifier called like a reward function, returning e.g. pass 1 /
+fail 0 per item) that outcome goes back to moerm as ``Feedback`` for the items moerm
+scored, so the bandit policies
 (``policy="linucb"`` or ``"thompson"``) learn which reward model of the pool to trust.
 """
 
@@ -66,6 +67,7 @@ class _MoermRewardBase:
         policy: str = "",
         reward_model: str = "",
         outcome_column: str | None = None,
+        outcome_fn: Callable[..., Sequence[float | None]] | None = None,
         client: CoalescingClient | None = None,
         timeout_s: float = 180.0,
         name: str = "moerm",
@@ -73,7 +75,10 @@ class _MoermRewardBase:
         self.client = client or CoalescingClient(
             address, policy=policy, reward_model=reward_model, timeout_s=timeout_s
         )
+        if outcome_column is not None and outcome_fn is not None:
+            raise ValueError("give outcome_column or outcome_fn, not both")
         self.outcome_column = outcome_column
+        self.outcome_fn = outcome_fn
         self.__name__ = name  # TRL names the reward's log columns after it
         self.last_outcomes: list[Outcome] = []
         self.feedback_outcomes: dict[str, str] = {}  # id -> outcome, over the whole run
@@ -106,19 +111,20 @@ class _MoermRewardBase:
             return f"{outcome.code} {outcome.field}".strip()
         return "truncated" if outcome.truncated else "ok"
 
-    def _feedback_of(self, outcomes: list[Outcome], kwargs: dict) -> dict[str, float]:
+    def _feedback_of(self, outcomes: list[Outcome], prompts, completions, kwargs: dict) -> dict[str, float]:
         """id -> the caller's per-item outcome, for the scored items that have an id."""
-        if self.outcome_column is None:
+        if self.outcome_fn is not None:
+            column = list(self.outcome_fn(prompts=prompts, completions=completions, **kwargs))
+        elif self.outcome_column is None:
             return {}
-        column = kwargs.get(self.outcome_column)
-        if column is None:
-            raise KeyError(
-                f"outcome_column {self.outcome_column!r} is not among the reward function's arguments"
-            )
+        else:
+            column = kwargs.get(self.outcome_column)
+            if column is None:
+                raise KeyError(
+                    f"outcome_column {self.outcome_column!r} is not among the reward function's arguments"
+                )
         if len(column) != len(outcomes):
-            raise ValueError(
-                f"outcome_column {self.outcome_column!r} has {len(column)} values for {len(outcomes)} items"
-            )
+            raise ValueError(f"the outcome has {len(column)} values for {len(outcomes)} items")
         feedback = {}
         for outcome, value in zip(outcomes, column, strict=True):
             if outcome.ok and outcome.id and value is not None and math.isfinite(float(value)):
@@ -134,7 +140,7 @@ class MoermReward(_MoermRewardBase):
     ) -> list[float | None]:
         outcomes = self.client.score_sync(self._items(prompts, completions))
         rewards = self._rewards(outcomes, kwargs)
-        feedback = self._feedback_of(outcomes, kwargs)
+        feedback = self._feedback_of(outcomes, prompts, completions, kwargs)
         if feedback:
             self.feedback_outcomes.update(self.client.feedback_sync(feedback))
         return rewards
@@ -148,7 +154,7 @@ class AsyncMoermReward(_MoermRewardBase):
     ) -> list[float | None]:
         outcomes = await self.client.score(self._items(prompts, completions))
         rewards = self._rewards(outcomes, kwargs)
-        feedback = self._feedback_of(outcomes, kwargs)
+        feedback = self._feedback_of(outcomes, prompts, completions, kwargs)
         if feedback:
             self.feedback_outcomes.update(await self.client.feedback(feedback))
         return rewards

@@ -47,6 +47,15 @@ def client_for(address: str | None = None, policy: str | None = None, reward_mod
         return _clients[key]
 
 
+def close_clients() -> None:
+    """Close this process's shared clients (tests; a trainer process just exits)."""
+    with _lock:
+        clients = list(_clients.values())
+        _clients.clear()
+    for client in clients:
+        client.close()
+
+
 def prompt_of(extra_info: dict | None) -> Any:
     """The prompt a sample answers, from verl's ``extra_info``."""
     for key in PROMPT_KEYS:
