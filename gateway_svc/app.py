@@ -160,9 +160,8 @@ class Gateway:
         for i, outcome in zip(rows, outcomes, strict=True):
             if outcome.ok:
                 rewards[i], ok[i], truncated[i] = outcome.reward, 1.0, float(outcome.truncated)
-            else:
-                field = outcome.field.replace("items[", "query[", 1) if outcome.field else f"query[{i}]"
-                errors[i] = {"code": outcome.code, "field": field, "description": outcome.error}
+            else:  # one query is one item; the description names the part at fault
+                errors[i] = {"code": outcome.code, "field": f"query[{i}]", "description": outcome.error}
         if errors:
             log.warning("get_reward: %d of %d items not scored", len(errors), len(queries))
         log.debug("get_reward: %d items in %.1f ms", len(queries), 1000 * (time.perf_counter() - started))
