@@ -208,8 +208,12 @@ class CoalescingClient:
                 log.exception("moerm Score request failed")
             outcomes, error = [Outcome.failed(caught)] * len(part), caught
         for j, ((pending, k), outcome) in enumerate(zip(part, outcomes, strict=True)):
-            if outcome.field.startswith(f"items[{j}]"):  # the caller's index, not the request's
-                outcome = replace(outcome, field=f"items[{k}]" + outcome.field[len(f"items[{j}]") :])
+            if not outcome.ok and j != k:  # the caller's index, not the merged request's
+                outcome = replace(
+                    outcome,
+                    field=outcome.field.replace(f"items[{j}]", f"items[{k}]"),
+                    error=outcome.error.replace(f"items[{j}]", f"items[{k}]"),
+                )
             if pending.future.done():
                 continue
             if error is not None and self.raise_errors:
