@@ -161,3 +161,25 @@ def test_health_is_503_without_a_router(cluster):
         assert status == 503 and reply["error"]["code"] == "UNAVAILABLE"
     finally:
         server.stop()
+
+
+def test_openrlhf_reward_func_file_gives_the_gateway_rewards(cluster, gateway, tokenizer, monkeypatch):
+    import importlib.util
+    from pathlib import Path
+
+    monkeypatch.setenv("MOERM_ADDRESS", cluster.address)
+    path = Path(__file__).resolve().parents[2] / "examples" / "openrlhf_reward_func.py"
+    spec = importlib.util.spec_from_file_location("openrlhf_reward_func", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    prompts = [
+        tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in CONVERSATIONS
+    ]
+    queries = [p + r + "<|im_end|>" for p, r in zip(prompts, RESPONSES, strict=True)] + [prompts[0]]
+    try:
+        out = module.reward_func(queries, [*prompts, prompts[0]], ["", "", ""])
+    finally:
+        module.client().close()
+    assert out["rewards"].tolist()[:2] == pytest.approx(grpc_rewards(cluster), abs=1e-6)
+    assert out["rewards"].tolist()[2] == 0.0 and out["extra_logs"]["moerm_ok"].tolist() == [1.0, 1.0, 0.0]
+    assert out["scores"].tolist() == out["rewards"].tolist()

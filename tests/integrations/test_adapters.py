@@ -78,6 +78,7 @@ def test_threads_coalesce_too_and_a_bad_item_fails_alone(cluster, reference):
         assert [out[i].reward for i in range(4)] == pytest.approx(reference, abs=1e-6)
         assert out[4].reward is None and out[4].code == "INVALID_ARGUMENT"
         assert out[4].field == "items[0].response"  # the caller's index, not the merged request's
+        assert out[4].error.startswith("items[0].response: ")
     finally:
         client.close()
 
