@@ -7,6 +7,7 @@ import json
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import grpc
 import pytest
@@ -183,3 +184,48 @@ def test_openrlhf_reward_func_file_gives_the_gateway_rewards(cluster, gateway, t
     assert out["rewards"].tolist()[:2] == pytest.approx(grpc_rewards(cluster), abs=1e-6)
     assert out["rewards"].tolist()[2] == 0.0 and out["extra_logs"]["moerm_ok"].tolist() == [1.0, 1.0, 0.0]
     assert out["scores"].tolist() == out["rewards"].tolist()
+
+
+def test_python_m_gateway_svc_serves_and_stops_on_sigterm(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    port_file = tmp_path / "port"
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gateway_svc",
+            "--router",
+            "127.0.0.1:1",
+            "--port",
+            "0",
+            "--port-file",
+            str(port_file),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert port_file.exists(), process.stdout.read() if process.poll() is not None else "no port file"
+        url = f"http://127.0.0.1:{port_file.read_text()}"
+        with pytest.raises(urllib.error.HTTPError) as caught:
+            urllib.request.urlopen(url + "/health", timeout=10)
+        assert caught.value.code == 503
+        process.send_signal(signal.SIGTERM)
+        # uvicorn drains, runs the shutdown (closing the router client), then re-raises
+        # the signal so the parent sees how the process ended.
+        assert process.wait(timeout=30) in (0, -signal.SIGTERM)
+        assert "Application shutdown complete" in process.stdout.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
