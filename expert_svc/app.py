@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from expert_svc.config import ExpertConfig
+from expert_svc.hf_scorer import HFScorer
 from expert_svc.scorer import ExpertScorer
 from expert_svc.servicer import ExpertServicer
 from moerm.batching import DynamicBatcher
@@ -19,7 +20,7 @@ SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
 @dataclass
 class ExpertApp:
     server: Server
-    scorer: ExpertScorer
+    scorer: ExpertScorer | HFScorer
     batcher: DynamicBatcher
     servicer: ExpertServicer
 
@@ -41,10 +42,18 @@ class ExpertApp:
         self.servicer.close()
 
 
-def build_expert(config: ExpertConfig) -> ExpertApp:
-    bundle = Bundle.load(config.bundle)
-    scorer = ExpertScorer(
-        bundle,
+def build_scorer(config: ExpertConfig) -> ExpertScorer | HFScorer:
+    if config.hf_model:
+        return HFScorer(
+            config.hf_model,
+            config.served_name,
+            max_length=config.max_length,
+            torch_threads=config.torch_threads,
+            device=config.device,
+            dtype=config.dtype,
+        )
+    return ExpertScorer(
+        Bundle.load(config.bundle),
         config.task,
         max_length=config.max_length,
         torch_threads=config.torch_threads,
@@ -54,6 +63,10 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         prefix_sharing=config.prefix_sharing,
         min_shared_prefix=config.min_shared_prefix,
     )
+
+
+def build_expert(config: ExpertConfig) -> ExpertApp:
+    scorer = build_scorer(config)
     batcher = DynamicBatcher(
         scorer.score,
         max_batch_size=config.max_batch_size,
