@@ -52,6 +52,7 @@ def test_twenty_concurrent_single_item_calls_share_one_to_three_requests(cluster
 
         results = asyncio.run(all_of_them())
         sent = score_requests(cluster) - before
+    print(f"20 concurrent single-item calls -> {sent} Score request(s)")
     assert 1 <= sent <= 3, sent
     assert client.stats.requests == sent and client.stats.calls == 20
     assert [r[0].reward for r in results] == pytest.approx(expected, abs=1e-6)

@@ -82,6 +82,7 @@ def test_grpo_trains_on_moerm_rewards(moerm_up, tmp_path):
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-6000:]
     report = json.loads(report_path.read_text())
+    print(run.stdout.strip().splitlines()[-1])  # steps, last batch rewards, feedback applied
     assert report["global_step"] >= 2
     steps = [entry for entry in report["log_history"] if "rewards/moerm/mean" in entry]
     assert len(steps) >= 2
