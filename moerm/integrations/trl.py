@@ -72,8 +72,10 @@ class _MoermRewardBase:
         timeout_s: float = 180.0,
         name: str = "moerm",
     ):
+        # A cluster that cannot be reached (past the client's retries) raises: training
+        # on all-None rewards would go on silently.
         self.client = client or CoalescingClient(
-            address, policy=policy, reward_model=reward_model, timeout_s=timeout_s
+            address, policy=policy, reward_model=reward_model, timeout_s=timeout_s, raise_errors=True
         )
         if outcome_column is not None and outcome_fn is not None:
             raise ValueError("give outcome_column or outcome_fn, not both")

@@ -16,7 +16,8 @@ from ``MOERM_POLICY`` and ``MOERM_REWARD_MODEL``, or from keyword arguments
 (verl's ``custom_reward_function.reward_kwargs``). Each call returns
 ``{"score": reward, "moerm_ok": 1.0, "moerm_truncated": 0.0}``; an item moerm could
 not score gets ``score`` = ``failure_score`` (default 0.0) and ``moerm_ok`` 0.0, since
-verl needs a number per sample.
+verl needs a number per sample; a cluster that cannot be reached (past the retries)
+raises ``grpc.RpcError``.
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def client_for(address: str | None = None, policy: str | None = None, reward_mod
     )
     with _lock:
         if key not in _clients:
-            _clients[key] = CoalescingClient(key[0], policy=key[1], reward_model=key[2])
+            _clients[key] = CoalescingClient(key[0], policy=key[1], reward_model=key[2], raise_errors=True)
         return _clients[key]
 
 

@@ -165,3 +165,15 @@ def test_verl_compute_score_sync_and_async(cluster, reference, monkeypatch, verl
     assert failed == {"score": -1.0, "moerm_ok": 0.0, "moerm_truncated": 0.0}
     with pytest.raises(ValueError, match="extra_info"):
         verl.compute_score("shared", "x", None, {"index": 3})
+
+
+def test_an_unreachable_cluster_raises_instead_of_returning_none():
+    import grpc
+
+    reward = MoermReward("127.0.0.1:1", timeout_s=10)
+    try:
+        with pytest.raises(grpc.RpcError) as caught:
+            reward(prompts=PROMPTS[:1], completions=COMPLETIONS[:1])
+        assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    finally:
+        reward.client.close()
