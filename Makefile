@@ -23,7 +23,7 @@ $(VENV)/.installed: pyproject.toml | $(PY)
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
-	$(PIP) install -q -e '.[model,train,dev]'
+	$(PIP) install -q -e '.[model,train,dev,integrations]'
 	touch $@
 
 install: $(VENV)/.installed

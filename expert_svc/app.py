@@ -6,6 +6,7 @@ import asyncio
 from dataclasses import dataclass
 
 from expert_svc.config import ExpertConfig
+from expert_svc.hf_scorer import HFScorer
 from expert_svc.scorer import ExpertScorer
 from expert_svc.servicer import ExpertServicer
 from moerm.batching import DynamicBatcher
@@ -21,7 +22,7 @@ SERVICE_NAME = expert_pb2.DESCRIPTOR.services_by_name["ExpertService"].full_name
 @dataclass
 class ExpertApp:
     server: Server
-    scorer: ExpertScorer
+    scorer: ExpertScorer | HFScorer
     batcher: DynamicBatcher
     servicer: ExpertServicer
     metrics: ServiceMetrics
@@ -47,11 +48,18 @@ class ExpertApp:
         self.metrics.stop()
 
 
-def build_expert(config: ExpertConfig) -> ExpertApp:
-    bundle = Bundle.load(config.bundle)
-    metrics = ServiceMetrics([SERVICE_NAME], {"ScoreBatch": count_items})
-    scorer = ExpertScorer(
-        bundle,
+def build_scorer(config: ExpertConfig) -> ExpertScorer | HFScorer:
+    if config.hf_model:
+        return HFScorer(
+            config.hf_model,
+            config.served_name,
+            max_length=config.max_length,
+            torch_threads=config.torch_threads,
+            device=config.device,
+            dtype=config.dtype,
+        )
+    return ExpertScorer(
+        Bundle.load(config.bundle),
         config.task,
         max_length=config.max_length,
         torch_threads=config.torch_threads,
@@ -61,6 +69,11 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         prefix_sharing=config.prefix_sharing,
         min_shared_prefix=config.min_shared_prefix,
     )
+
+
+def build_expert(config: ExpertConfig) -> ExpertApp:
+    metrics = ServiceMetrics([SERVICE_NAME], {"ScoreBatch": count_items})
+    scorer = build_scorer(config)
     batcher = DynamicBatcher(
         scorer.score,
         max_batch_size=config.max_batch_size,
@@ -69,7 +82,7 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         refill_wait_s=config.refill_wait_ms / 1000.0,
         max_queue_items=config.max_queue_items,
         max_wait_s=config.max_queue_wait_s,
-        metrics=BatcherMetrics(metrics.registry, "moerm_expert", {"task": config.task}),
+        metrics=BatcherMetrics(metrics.registry, "moerm_expert", {"task": config.task or config.served_name}),
     )
     servicer = ExpertServicer(
         scorer, batcher, norm=(config.norm_mean, config.norm_std), max_request_items=config.max_request_items

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 from moerm.config import option
 from moerm.devices import DTYPES
@@ -54,11 +55,21 @@ class ExpertConfig:
     norm_std: float = option(0.0, "reference std of the first score column (0: not declared)")
     grace_s: float = option(10.0, "seconds to drain in-flight calls on shutdown")
     log_level: str = option("INFO", "logging level")
+    # Instead of a bundle task: a Hugging Face sequence-classification reward model,
+    # served as a pool member the router registers with --external hf:NAME=HOST:PORT.
+    hf_model: str = option("", "a Hugging Face sequence-classification model directory (instead of --bundle)")
+    hf_name: str = option("", "the name it serves under (ExpertRequest.task; default: the directory's name)")
+
+    @property
+    def served_name(self) -> str:
+        return self.hf_name or Path(self.hf_model).name
 
     def validate(self) -> None:
-        if not self.bundle:
+        if self.hf_model and (self.bundle or self.task):
+            raise SystemExit("expert_svc: give --hf-model or --bundle and --task, not both")
+        if not self.bundle and not self.hf_model:
             raise SystemExit("expert_svc: --bundle (or MOERM_BUNDLE) is required")
-        if not self.task:
+        if not self.task and not self.hf_model:
             raise SystemExit("expert_svc: --task (or MOERM_TASK) is required")
         if (
             self.max_batch_size < 1

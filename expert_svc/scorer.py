@@ -103,6 +103,21 @@ class ExpertScorer:
         return self.experts is not None
 
     @property
+    def version(self) -> str:
+        """What ScoreBatch answers as bundle_version."""
+        return self.bundle.version
+
+    def description(self) -> dict:
+        """Describe's fields about the model (the servicer adds task, capabilities, norm)."""
+        manifest = self.bundle.manifest
+        return {
+            "hidden_size": manifest.backbone.hidden_size,
+            "backbone": manifest.backbone.ref,
+            "bundle_version": manifest.bundle_version,
+            "lora_layers": list(self.task.lora.layers),
+        }
+
+    @property
     def decoder(self) -> bool:
         return self.bundle.manifest.backbone.kind == "decoder"
 

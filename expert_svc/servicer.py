@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import grpc
 
+from expert_svc.hf_scorer import HFScorer
 from expert_svc.scorer import ExpertInput, ExpertScorer, PreparedItem
 from moerm.batching import DynamicBatcher
 from moerm.errors import FieldViolation, InvalidArgument, Unavailable, shown
@@ -44,7 +45,7 @@ def parse_items(request: expert_pb2.ExpertRequest, max_items: int) -> list[Exper
 class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
     def __init__(
         self,
-        scorer: ExpertScorer,
+        scorer: ExpertScorer | HFScorer,
         batcher: DynamicBatcher,
         *,
         norm: tuple[float, float] = (0.0, 0.0),
@@ -85,7 +86,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         response = expert_pb2.ExpertResponse(
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,
-            bundle_version=self.scorer.bundle.version,
+            bundle_version=self.scorer.version,
         )
         if not request.base_only:
             response.scores.CopyFrom(to_proto(scores))
@@ -96,16 +97,12 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
         return response
 
     async def Describe(self, request, context):
-        manifest = self.scorer.bundle.manifest
         mean, std = self.norm
         return expert_pb2.ExpertDescription(
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,
-            hidden_size=manifest.backbone.hidden_size,
-            backbone=manifest.backbone.ref,
-            bundle_version=manifest.bundle_version,
-            lora_layers=list(self.scorer.task.lora.layers),
             has_base=self.scorer.has_base,
             norm_mean=mean,
             norm_std=std,
+            **self.scorer.description(),
         )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +27,24 @@ class ScoreCall:
     policy: str
     reward_model: str
     breakdown: bool
+    # per_item_errors: the request's index of each of ``items`` (the items to score),
+    # the problems of each item left out, and whether an item's text was cut.
+    positions: list[int] = field(default_factory=list)
+    rejected: dict[int, list[FieldViolation]] = field(default_factory=dict)
+    truncated: frozenset[int] = frozenset()
+    size: int = 0  # items in the request
+
+
+def cut_text(text: str, limit: int) -> str:
+    """The last ``limit`` characters (a response's end: where the answer is)."""
+    return text if len(text) <= limit else text[-limit:]
+
+
+def cut_turns(turns: list[Turn], limit: int) -> list[Turn]:
+    """Each message cut to its last ``limit`` characters. (The expert then keeps the
+    most recent tokens within its backbone's context: the response's end and the
+    latest turns.)"""
+    return [Turn(turn.role, cut_text(turn.content, limit)) for turn in turns]
 
 
 def parse_request(
@@ -43,6 +61,11 @@ def parse_request(
 
     Policies in ``remembered`` keep a decision per item id for Feedback, so their
     caller-given ids must be unique within the request.
+
+    With ``request.per_item_errors`` only request-level problems (items, policy,
+    reward_model) raise; an item with problems is left out of ``items`` and its
+    violations kept in ``rejected``, and a text beyond ``max_text_chars`` is cut to
+    its last ``max_text_chars`` characters and its index kept in ``truncated``.
     """
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
@@ -50,10 +73,11 @@ def parse_request(
         raise InvalidArgument.field(
             "items", f"{len(request.items)} items exceed the limit of {max_items} per request"
         )
+    per_item = request.per_item_errors
     violations: list[FieldViolation] = []
 
     def check_text(field: str, text: str) -> None:
-        if len(text) > max_text_chars:
+        if len(text) > max_text_chars and not per_item:
             violations.append(
                 FieldViolation(field, f"{len(text)} characters exceed the limit of {max_text_chars}")
             )
@@ -76,11 +100,17 @@ def parse_request(
         violations.append(
             FieldViolation("reward_model", f"only the fixed policy takes a reward model, not {policy!r}")
         )
+    if per_item and violations:
+        raise InvalidArgument(violations)
 
-    items = []
+    items: list[Item] = []
+    positions: list[int] = []
+    rejected: dict[int, list[FieldViolation]] = {}
+    truncated: set[int] = set()
     first_of_id: dict[str, int] = {}
     for i, raw in enumerate(request.items):
         where = f"items[{i}]"
+        before = len(violations)
         if len(raw.id) > MAX_ID_CHARS:
             violations.append(FieldViolation(f"{where}.id", f"longer than {MAX_ID_CHARS} characters"))
         elif raw.id and policy in remembered:
@@ -116,14 +146,33 @@ def parse_request(
                 violations.append(FieldViolation(f"{where}.messages", "every message is blank"))
         else:
             violations.append(FieldViolation(f"{where}.prompt", "an item needs a prompt or messages"))
-        if not normalize(raw.response):
+        response = normalize(raw.response)
+        if not response:
             violations.append(FieldViolation(f"{where}.response", "must not be empty"))
         check_text(f"{where}.response", raw.response)
-        items.append(Item(id=raw.id, turns=tuple(turns), response=normalize(raw.response)))
+        if not per_item:
+            items.append(Item(id=raw.id, turns=tuple(turns), response=response))
+            continue
+        if len(violations) > before:
+            rejected[i] = violations[before:]
+            del violations[before:]
+            continue
+        cut = cut_turns(turns, max_text_chars)
+        if cut != turns or len(response) > max_text_chars:
+            truncated.add(i)
+        items.append(Item(id=raw.id, turns=tuple(cut), response=cut_text(response, max_text_chars)))
+        positions.append(i)
     if violations:
         raise InvalidArgument(violations)
     return ScoreCall(
-        items=items, policy=policy, reward_model=request.reward_model, breakdown=request.return_breakdown
+        items=items,
+        policy=policy,
+        reward_model=request.reward_model,
+        breakdown=request.return_breakdown,
+        positions=positions if per_item else list(range(len(items))),
+        rejected=rejected,
+        truncated=frozenset(truncated),
+        size=len(request.items),
     )
 
 

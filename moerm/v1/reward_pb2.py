@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from moerm.v1 import tensor_pb2 as moerm_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15moerm/v1/reward.proto\x12\x08moerm.v1\x1a\x15moerm/v1/tensor.proto\"^\n\tScoreItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.moerm.v1.Message\x12\x10\n\x08response\x18\x04 \x01(\t\"r\n\x0cScoreRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.moerm.v1.ScoreItem\x12\x18\n\x10return_breakdown\x18\x02 \x01(\x08\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x14\n\x0creward_model\x18\x04 \x01(\t\"\xab\x03\n\x0bScoreResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x02\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x18\n\x10route_confidence\x18\x04 \x01(\x02\x12=\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0b\x32\'.moerm.v1.ScoreResult.CapabilitiesEntry\x12\x15\n\rreward_models\x18\x06 \x03(\t\x12\x16\n\x0e\x62undle_version\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\x12\x0e\n\x06policy\x18\t \x01(\t\x12@\n\x0emember_rewards\x18\n \x03(\x0b\x32(.moerm.v1.ScoreResult.MemberRewardsEntry\x12\x1d\n\x15missing_reward_models\x18\x14 \x03(\t\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a\x34\n\x12MemberRewardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"c\n\rScoreResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.moerm.v1.ScoreResult\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"8\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.moerm.v1.FeedbackItem\"\\\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.moerm.v1.FeedbackOutcome\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"N\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.moerm.v1.FeedbackResult\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x05*\xae\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kOutcome\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_APPLIED\x10\x01\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_DUPLICATE\x10\x02\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_NOT_FOUND\x10\x03\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_NO_ARM\x10\x04\x32\x8c\x01\n\rRewardService\x12\x38\n\x05Score\x12\x16.moerm.v1.ScoreRequest\x1a\x17.moerm.v1.ScoreResponse\x12\x41\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x19.moerm.v1.FeedbackRequest\x1a\x1a.moerm.v1.FeedbackResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15moerm/v1/reward.proto\x12\x08moerm.v1\x1a\x15moerm/v1/tensor.proto\"^\n\tScoreItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06prompt\x18\x02 \x01(\t\x12#\n\x08messages\x18\x03 \x03(\x0b\x32\x11.moerm.v1.Message\x12\x10\n\x08response\x18\x04 \x01(\t\"\x8b\x01\n\x0cScoreRequest\x12\"\n\x05items\x18\x01 \x03(\x0b\x32\x13.moerm.v1.ScoreItem\x12\x18\n\x10return_breakdown\x18\x02 \x01(\x08\x12\x0e\n\x06policy\x18\x03 \x01(\t\x12\x14\n\x0creward_model\x18\x04 \x01(\t\x12\x17\n\x0fper_item_errors\x18\x05 \x01(\x08\"\xe2\x03\n\x0bScoreResult\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x02\x12\x0c\n\x04task\x18\x03 \x01(\t\x12\x18\n\x10route_confidence\x18\x04 \x01(\x02\x12=\n\x0c\x63\x61pabilities\x18\x05 \x03(\x0b\x32\'.moerm.v1.ScoreResult.CapabilitiesEntry\x12\x15\n\rreward_models\x18\x06 \x03(\t\x12\x16\n\x0e\x62undle_version\x18\x07 \x01(\t\x12\x0e\n\x06\x63\x61\x63hed\x18\x08 \x01(\x08\x12\x0e\n\x06policy\x18\t \x01(\t\x12@\n\x0emember_rewards\x18\n \x03(\x0b\x32(.moerm.v1.ScoreResult.MemberRewardsEntry\x12\x11\n\ttruncated\x18\x0b \x01(\x08\x12\"\n\x05\x65rror\x18\x0c \x01(\x0b\x32\x13.moerm.v1.ItemError\x12\x1d\n\x15missing_reward_models\x18\x14 \x03(\t\x1a\x33\n\x11\x43\x61pabilitiesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\x1a\x34\n\x12MemberRewardsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x02:\x02\x38\x01\"=\n\tItemError\x12\x0c\n\x04\x63ode\x18\x01 \x01(\x05\x12\r\n\x05\x66ield\x18\x02 \x01(\t\x12\x13\n\x0b\x64\x65scription\x18\x03 \x01(\t\"c\n\rScoreResponse\x12&\n\x07results\x18\x01 \x03(\x0b\x32\x15.moerm.v1.ScoreResult\x12\x16\n\x0e\x62undle_version\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\">\n\x0c\x46\x65\x65\x64\x62\x61\x63kItem\x12\n\n\x02id\x18\x01 \x01(\t\x12\x0e\n\x06reward\x18\x02 \x01(\x01\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"8\n\x0f\x46\x65\x65\x64\x62\x61\x63kRequest\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.moerm.v1.FeedbackItem\"\\\n\x0e\x46\x65\x65\x64\x62\x61\x63kResult\x12\n\n\x02id\x18\x01 \x01(\t\x12*\n\x07outcome\x18\x02 \x01(\x0e\x32\x19.moerm.v1.FeedbackOutcome\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"N\n\x10\x46\x65\x65\x64\x62\x61\x63kResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.moerm.v1.FeedbackResult\x12\x0f\n\x07\x61pplied\x18\x02 \x01(\x05*\xae\x01\n\x0f\x46\x65\x65\x64\x62\x61\x63kOutcome\x12 \n\x1c\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_APPLIED\x10\x01\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_DUPLICATE\x10\x02\x12\x1e\n\x1a\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_NOT_FOUND\x10\x03\x12\x1b\n\x17\x46\x45\x45\x44\x42\x41\x43K_OUTCOME_NO_ARM\x10\x04\x32\x8c\x01\n\rRewardService\x12\x38\n\x05Score\x12\x16.moerm.v1.ScoreRequest\x1a\x17.moerm.v1.ScoreResponse\x12\x41\n\x08\x46\x65\x65\x64\x62\x61\x63k\x12\x19.moerm.v1.FeedbackRequest\x1a\x1a.moerm.v1.FeedbackResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,28 +36,30 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SCORERESULT_CAPABILITIESENTRY']._serialized_options = b'8\001'
   _globals['_SCORERESULT_MEMBERREWARDSENTRY']._loaded_options = None
   _globals['_SCORERESULT_MEMBERREWARDSENTRY']._serialized_options = b'8\001'
-  _globals['_FEEDBACKOUTCOME']._serialized_start=1098
-  _globals['_FEEDBACKOUTCOME']._serialized_end=1272
+  _globals['_FEEDBACKOUTCOME']._serialized_start=1242
+  _globals['_FEEDBACKOUTCOME']._serialized_end=1416
   _globals['_SCOREITEM']._serialized_start=58
   _globals['_SCOREITEM']._serialized_end=152
-  _globals['_SCOREREQUEST']._serialized_start=154
-  _globals['_SCOREREQUEST']._serialized_end=268
-  _globals['_SCORERESULT']._serialized_start=271
-  _globals['_SCORERESULT']._serialized_end=698
-  _globals['_SCORERESULT_CAPABILITIESENTRY']._serialized_start=593
-  _globals['_SCORERESULT_CAPABILITIESENTRY']._serialized_end=644
-  _globals['_SCORERESULT_MEMBERREWARDSENTRY']._serialized_start=646
-  _globals['_SCORERESULT_MEMBERREWARDSENTRY']._serialized_end=698
-  _globals['_SCORERESPONSE']._serialized_start=700
-  _globals['_SCORERESPONSE']._serialized_end=799
-  _globals['_FEEDBACKITEM']._serialized_start=801
-  _globals['_FEEDBACKITEM']._serialized_end=863
-  _globals['_FEEDBACKREQUEST']._serialized_start=865
-  _globals['_FEEDBACKREQUEST']._serialized_end=921
-  _globals['_FEEDBACKRESULT']._serialized_start=923
-  _globals['_FEEDBACKRESULT']._serialized_end=1015
-  _globals['_FEEDBACKRESPONSE']._serialized_start=1017
-  _globals['_FEEDBACKRESPONSE']._serialized_end=1095
-  _globals['_REWARDSERVICE']._serialized_start=1275
-  _globals['_REWARDSERVICE']._serialized_end=1415
+  _globals['_SCOREREQUEST']._serialized_start=155
+  _globals['_SCOREREQUEST']._serialized_end=294
+  _globals['_SCORERESULT']._serialized_start=297
+  _globals['_SCORERESULT']._serialized_end=779
+  _globals['_SCORERESULT_CAPABILITIESENTRY']._serialized_start=674
+  _globals['_SCORERESULT_CAPABILITIESENTRY']._serialized_end=725
+  _globals['_SCORERESULT_MEMBERREWARDSENTRY']._serialized_start=727
+  _globals['_SCORERESULT_MEMBERREWARDSENTRY']._serialized_end=779
+  _globals['_ITEMERROR']._serialized_start=781
+  _globals['_ITEMERROR']._serialized_end=842
+  _globals['_SCORERESPONSE']._serialized_start=844
+  _globals['_SCORERESPONSE']._serialized_end=943
+  _globals['_FEEDBACKITEM']._serialized_start=945
+  _globals['_FEEDBACKITEM']._serialized_end=1007
+  _globals['_FEEDBACKREQUEST']._serialized_start=1009
+  _globals['_FEEDBACKREQUEST']._serialized_end=1065
+  _globals['_FEEDBACKRESULT']._serialized_start=1067
+  _globals['_FEEDBACKRESULT']._serialized_end=1159
+  _globals['_FEEDBACKRESPONSE']._serialized_start=1161
+  _globals['_FEEDBACKRESPONSE']._serialized_end=1239
+  _globals['_REWARDSERVICE']._serialized_start=1419
+  _globals['_REWARDSERVICE']._serialized_end=1559
 # @@protoc_insertion_point(module_scope)

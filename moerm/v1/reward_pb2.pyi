@@ -34,19 +34,21 @@ class ScoreItem(_message.Message):
     def __init__(self, id: _Optional[str] = ..., prompt: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[_tensor_pb2.Message, _Mapping]]] = ..., response: _Optional[str] = ...) -> None: ...
 
 class ScoreRequest(_message.Message):
-    __slots__ = ("items", "return_breakdown", "policy", "reward_model")
+    __slots__ = ("items", "return_breakdown", "policy", "reward_model", "per_item_errors")
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     RETURN_BREAKDOWN_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     REWARD_MODEL_FIELD_NUMBER: _ClassVar[int]
+    PER_ITEM_ERRORS_FIELD_NUMBER: _ClassVar[int]
     items: _containers.RepeatedCompositeFieldContainer[ScoreItem]
     return_breakdown: bool
     policy: str
     reward_model: str
-    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., return_breakdown: _Optional[bool] = ..., policy: _Optional[str] = ..., reward_model: _Optional[str] = ...) -> None: ...
+    per_item_errors: bool
+    def __init__(self, items: _Optional[_Iterable[_Union[ScoreItem, _Mapping]]] = ..., return_breakdown: _Optional[bool] = ..., policy: _Optional[str] = ..., reward_model: _Optional[str] = ..., per_item_errors: _Optional[bool] = ...) -> None: ...
 
 class ScoreResult(_message.Message):
-    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached", "policy", "member_rewards", "missing_reward_models")
+    __slots__ = ("id", "reward", "task", "route_confidence", "capabilities", "reward_models", "bundle_version", "cached", "policy", "member_rewards", "truncated", "error", "missing_reward_models")
     class CapabilitiesEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -71,6 +73,8 @@ class ScoreResult(_message.Message):
     CACHED_FIELD_NUMBER: _ClassVar[int]
     POLICY_FIELD_NUMBER: _ClassVar[int]
     MEMBER_REWARDS_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
     MISSING_REWARD_MODELS_FIELD_NUMBER: _ClassVar[int]
     id: str
     reward: float
@@ -82,8 +86,20 @@ class ScoreResult(_message.Message):
     cached: bool
     policy: str
     member_rewards: _containers.ScalarMap[str, float]
+    truncated: bool
+    error: ItemError
     missing_reward_models: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ..., policy: _Optional[str] = ..., member_rewards: _Optional[_Mapping[str, float]] = ..., missing_reward_models: _Optional[_Iterable[str]] = ...) -> None: ...
+    def __init__(self, id: _Optional[str] = ..., reward: _Optional[float] = ..., task: _Optional[str] = ..., route_confidence: _Optional[float] = ..., capabilities: _Optional[_Mapping[str, float]] = ..., reward_models: _Optional[_Iterable[str]] = ..., bundle_version: _Optional[str] = ..., cached: _Optional[bool] = ..., policy: _Optional[str] = ..., member_rewards: _Optional[_Mapping[str, float]] = ..., truncated: _Optional[bool] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., missing_reward_models: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ItemError(_message.Message):
+    __slots__ = ("code", "field", "description")
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    FIELD_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    code: int
+    field: str
+    description: str
+    def __init__(self, code: _Optional[int] = ..., field: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
 class ScoreResponse(_message.Message):
     __slots__ = ("results", "bundle_version", "request_id")

@@ -1,0 +1,1 @@
+"""HTTP gateway: OpenRLHF's remote reward-model protocol in front of RewardService."""
