@@ -103,7 +103,12 @@ def main(argv: list[str] | None = None) -> dict:
         "feedback": reward.feedback_outcomes,
         # What moerm answered in the last call (the last generation batch), item by item.
         "moerm": [
-            {"reward": o.reward, "reward_models": list(o.reward_models), "id": o.id}
+            {
+                "reward": o.reward,
+                "reward_models": list(o.reward_models),
+                "id": o.id,
+                "request_id": o.request_id,
+            }
             for o in reward.last_outcomes
         ],
     }

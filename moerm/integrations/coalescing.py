@@ -44,17 +44,19 @@ class Outcome:
     code: str = "OK"
     field: str = ""
     error: str = ""
+    request_id: str = ""  # of the Score call; Feedback for this item names it
 
     @property
     def ok(self) -> bool:
         return self.reward is not None
 
     @classmethod
-    def from_proto(cls, result: reward_pb2.ScoreResult) -> Outcome:
+    def from_proto(cls, result: reward_pb2.ScoreResult, request_id: str = "") -> Outcome:
         if result.HasField("error"):
             return cls(
                 reward=None,
                 id=result.id,
+                request_id=request_id,
                 code=grpc.StatusCode(_status(result.error.code)).name,
                 field=result.error.field,
                 error=result.error.description,
@@ -62,6 +64,7 @@ class Outcome:
         return cls(
             reward=result.reward,
             id=result.id,
+            request_id=request_id,
             truncated=result.truncated,
             cached=result.cached,
             task=result.task,
@@ -203,7 +206,7 @@ class CoalescingClient:
         try:
             response = await self._call(request)
             self.scored.add(response)
-            outcomes = [Outcome.from_proto(r) for r in response.results]
+            outcomes = [Outcome.from_proto(r, response.request_id) for r in response.results]
             error = None
         except Exception as caught:  # grpc errors, a closed channel
             if not isinstance(caught, grpc.RpcError):

@@ -104,15 +104,21 @@ def test_many_bad_items_give_a_bounded_error(cluster) -> None:
     assert "and 1020 more" in caught.value.details()
 
 
-def test_a_huge_tensor_shape_is_invalid_argument(cluster) -> None:
-    """D3: scores.shape = [2**62, 4] overflowed the size check into INTERNAL."""
+@pytest.mark.parametrize(
+    ("shape", "data"),
+    [([2**62, 4], b"\0" * 16), ([0, 2**61], b"")],
+    ids=["overflowing", "empty-but-huge"],  # the second was found by the fuzz test
+)
+def test_a_huge_tensor_shape_is_invalid_argument(cluster, shape, data) -> None:
+    """D3: scores.shape = [2**62, 4] overflowed the size check into INTERNAL; [0, 2**61]
+    holds no bytes, passed the size check, and numpy could not shape it."""
     request = aggregator_pb2.AggregateRequest(
         batches=[
             aggregator_pb2.TaskOutputs(
                 task="code",
                 capabilities=["correctness", "efficiency", "readability"],
-                scores=tensor_pb2.Tensor(shape=[2**62, 4], data=b"\0" * 16),
-                hidden=tensor_pb2.Tensor(shape=[2**62, 4, 2], data=b"\0" * 32),
+                scores=tensor_pb2.Tensor(shape=shape, data=data),
+                hidden=tensor_pb2.Tensor(shape=[*shape, 2], data=data),
             )
         ]
     )

@@ -112,6 +112,5 @@ def test_grpo_trains_on_moerm_rewards(moerm_up, tmp_path):
         feedback = report["feedback"]
         assert len(feedback) == 4 * report["global_step"]
         assert set(feedback.values()) == {"applied"}
-        last_ids = [a["id"] for a in answered]
-        repeat = client.feedback({i: 1.0 for i in last_ids})
+        repeat = client.feedback([(a["id"], 1.0, a["request_id"]) for a in answered])
     assert set(repeat.values()) == {"duplicate"}

@@ -8,6 +8,7 @@ written down."""
 from __future__ import annotations
 
 import urllib.request
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -104,7 +105,14 @@ def test_scraped_counts_match_the_calls(cluster: LocalCluster) -> None:
     assert all(r.cached for r in again.results) and not any(r.cached for r in scored.results)
     assert applied.applied == 2 and repeated.applied == 0
 
+    # A call is counted when its handler returns, which may be just after the client has
+    # its answer: wait until the last call (Feedback NOT_FOUND) is in.
+    deadline = time.monotonic() + 10
     router = scrape(cluster.router.metrics.http.port)
+    while value(router, "moerm_grpc_requests_total", method="Feedback", code="NOT_FOUND") < 1:
+        assert time.monotonic() < deadline, "the last call was never counted"
+        time.sleep(0.05)
+        router = scrape(cluster.router.metrics.http.port)
     # Calls and items by method and status code, latency by method.
     assert value(router, "moerm_grpc_requests_total", method="Score", code="OK") == 3
     assert value(router, "moerm_grpc_requests_total", method="Score", code="INVALID_ARGUMENT") == 1
