@@ -7,8 +7,8 @@ written down."""
 
 from __future__ import annotations
 
-import urllib.request
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import Iterator
