@@ -16,9 +16,11 @@ from pathlib import Path
 
 from moerm.models.backbones import MINILM, PACKAGED, cache_dir
 
-# Bumped when training changes what a bundle holds (v3: base normalization, router on pair prompts).
-DEMO_BUNDLE = "demo-minilm-trained-v3"
+# Bumped when training changes what a bundle holds (v3: base normalization, router on pair prompts;
+# v4: experts trained on capability-contrast pairs).
+DEMO_BUNDLE = "demo-minilm-trained-v4"
 DEMO_PAIRS_PER_TASK = 24
+DEMO_CONTRAST_PER_FAMILY = 16  # contrast pairs per task and edit family (phase 2's data in the demo)
 
 DEMO_ITEMS = [
     {
@@ -82,17 +84,18 @@ def train_demo_bundle(path: Path, *, data_dir: str | None = None) -> Path:
             prepared = inputs.shared(
                 work, data_dir=str(folder), max_pairs_per_task=DEMO_PAIRS_PER_TASK, labels=None
             )
-            prepared.inputs.labels = demo_labels(prepared.inputs)
+            demo_labels(prepared.inputs, work / "split.json")
             prepared.inputs.classifier_train = inputs.cap_per_task_examples(
                 prepared.inputs.classifier_train, 60
             )
-            epochs = 1
+            epochs, expert_epochs = 1, 3
         else:
             prepared = inputs.synthetic(per_task=24)
-            epochs = 2
+            epochs = expert_epochs = 2
         settings = RecipeSettings(
             phase1=TrainSettings(epochs=epochs, lr=1e-3, batch_size=8, max_length=128),
-            phase2=TrainSettings(epochs=epochs, lr=1e-3, batch_size=8, max_length=128),
+            # The experts train on the top layers only, and on small sets: more epochs are cheap.
+            phase2=TrainSettings(epochs=expert_epochs, lr=1e-3, batch_size=8, max_length=128),
             min_labels=4,
             aggregator_epochs=100,
             router_epochs=200,
@@ -114,14 +117,33 @@ def train_demo_bundle(path: Path, *, data_dir: str | None = None) -> Path:
     return path
 
 
-def demo_labels(recipe_inputs) -> list:
-    """Capability labels for the demo from the rule-based judges (fast, no model)."""
+def demo_labels(recipe_inputs, split_file: Path) -> None:
+    """Phase 2's data for the demo, set on ``recipe_inputs``: labels from the
+    rule-based judges, and capability-contrast pairs made from the train and
+    validation pairs (no judge, no model; each pair in the split of its origins)."""
+    from moerm.data.splits import SplitManifest
+    from moerm.judges.contrast import build_contrast_pairs, contrast_labels, split_of
     from moerm.judges.rules import rule_labels
 
     pairs = [*recipe_inputs.train, *recipe_inputs.validation]
-    labels, stats = rule_labels(pairs, recipe_inputs.capabilities)
-    print(f"  rule judges: {len(labels)} capability labels kept", file=sys.stderr)
-    return labels
+    labels, _ = rule_labels(pairs, recipe_inputs.capabilities)
+    assignment = SplitManifest.load(split_file).assignment
+    contrast, _ = build_contrast_pairs(
+        pairs,
+        recipe_inputs.capabilities,
+        seed=0,
+        groups=assignment,
+        max_per_family=DEMO_CONTRAST_PER_FAMILY,
+    )
+    recipe_inputs.labels = labels + contrast_labels(contrast)
+    recipe_inputs.label_pairs = [c.pair for c in contrast if split_of(c, assignment) == "train"]
+    recipe_inputs.validation_label_pairs = [
+        c.pair for c in contrast if split_of(c, assignment) == "validation"
+    ]
+    print(
+        f"  rule judges: {len(labels)} capability labels kept; {len(contrast)} contrast pairs",
+        file=sys.stderr,
+    )
 
 
 def ensure_demo_bundle(path: Path | None = None) -> Path:
@@ -227,6 +249,32 @@ def _print_rewards(rewards) -> None:
         )
 
 
+# Demo items that differ in one capability: (better, worse).
+DEMO_CONTRASTS = (("math-right", "math-wrong"), ("code-good", "code-bad"), ("harm-refuse", "harm-comply"))
+
+
+def contrast_lines(rewards) -> list[str]:
+    """For each of :data:`DEMO_CONTRASTS` scored by the same task, the better
+    item's reward and capability scores minus the worse one's (positive: the
+    capability expert prefers the better item)."""
+    by_id = {r.id: r for r in rewards}
+    lines = []
+    for better, worse in DEMO_CONTRASTS:
+        if better not in by_id or worse not in by_id:
+            continue
+        b, w = by_id[better], by_id[worse]
+        if b.task != w.task:
+            lines.append(f"{better} vs {worse}: routed to different tasks ({b.task}, {w.task})")
+            continue
+        caps = "  ".join(
+            f"{name}={b.capabilities[name] - w.capabilities[name]:+.3f}"
+            for name in sorted(b.capabilities)
+            if name in w.capabilities
+        )
+        lines.append(f"{better} - {worse} ({b.task}): reward {b.reward - w.reward:+.4f}  {caps}")
+    return lines
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from moerm.bundle import Bundle
     from moerm.client import RewardClient
@@ -246,6 +294,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
             first = client.score(DEMO_ITEMS, breakdown=True)
             print("\nfirst call (scored by the experts):")
             _print_rewards(first)
+            print("\nbetter minus worse item, per capability (positive: the expert prefers the better one):")
+            for line in contrast_lines(first):
+                print("  " + line)
             again = client.score(DEMO_ITEMS, breakdown=True)
             print("\nsame call again (answered from the cache):")
             _print_rewards(again)

@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from moerm.bundle import Bundle
-from moerm.errors import BundleError
 from moerm.evaluate.metrics import Accuracy
 from moerm.evaluate.systems import _margins
 from moerm.judges.contrast import ContrastPair
 from moerm.models.aggregator import Aggregator
-from moerm.models.loading import load_task_base_model, load_task_experts
+from moerm.models.experts import load_heads
+from moerm.models.loading import TaskFiles, load_experts
 from moerm.train.loop import PairTokenizer
 
 BASE = "task base model"
@@ -136,21 +136,28 @@ def task_contrast_margins(
     bundle: Bundle, task: str, contrast: Sequence[ContrastPair], max_length: int, batch_size: int = 16
 ) -> dict[str, list[float]]:
     """row -> margins of every contrast pair: each expert of ``task`` (by
-    capability name), :data:`DMOERM` and :data:`BASE` (when the bundle has one)."""
-    experts, tokenizer = load_task_experts(bundle, task)
-    try:
-        base, _ = load_task_base_model(bundle, task)
-    except BundleError:  # an untrained bundle has no task base model: no reference row
-        base = None
+    capability name), :data:`DMOERM` and :data:`BASE` (when the bundle has a
+    task base model: the experts' backbone with their adapters disabled, under
+    the base head, sharing the layers below the adapters)."""
+    files = TaskFiles.of_bundle(bundle, task)
+    experts, tokenizer = load_experts(files)
+    base_head = (
+        load_heads(files.base_head, ["base"], files.hidden_size)["base"]
+        if files.base_head is not None
+        else None
+    )
     aggregator = Aggregator(bundle).tasks[task]
     names = experts.capabilities
 
     def score(ids, mask):
-        scores, hidden = experts(ids, mask)
+        if base_head is None:
+            scores, hidden = experts(ids, mask)
+        else:
+            scores, hidden, base = experts.forward_with_base(ids, mask, base_head)
         out = {cap: scores[:, k] for k, cap in enumerate(names)}
         out[DMOERM] = torch.from_numpy(aggregator.raw(scores.numpy(), hidden.numpy()))
-        if base is not None:
-            out[BASE] = base(ids, mask)
+        if base_head is not None:
+            out[BASE] = base
         return out
 
     pairs = [item.pair for item in contrast]
