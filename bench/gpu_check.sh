@@ -14,5 +14,5 @@ assert torch.cuda.is_available(), "no CUDA device: this script checks the CUDA p
 print("device:", torch.cuda.get_device_name(0), "bf16:", torch.cuda.is_bf16_supported())
 PYTHON
 "$PY" -m pytest -q -p no:cacheprovider \
-    tests/moerm/test_prefix.py tests/expert_svc/test_prefix_scoring.py tests/expert_svc/test_precision.py
+    tests/models/test_prefix.py tests/expert_svc/test_prefix_scoring.py tests/expert_svc/test_precision.py
 "$PY" bench/bench_serving.py --device cuda --quick --tag gpu-check
