@@ -59,7 +59,8 @@ def moerm_up(minilm_bundle, tmp_path_factory):
         raise
 
 
-def test_grpo_trains_on_moerm_rewards(moerm_up, tmp_path):
+def test_grpo_trains_on_moerm_rewards(moerm_up, tmp_path, shared_dir):
+    """Prompts from the shared data (skipped where it is absent)."""
     report_path = tmp_path / "grpo.json"
     run = subprocess.run(
         [
@@ -73,6 +74,8 @@ def test_grpo_trains_on_moerm_rewards(moerm_up, tmp_path):
             str(tmp_path / "run"),
             "--report",
             str(report_path),
+            "--data-dir",
+            str(shared_dir),
         ],
         capture_output=True,
         text=True,
