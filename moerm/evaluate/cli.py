@@ -44,7 +44,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate_contrast(args: argparse.Namespace) -> int:
-    from moerm.data.splits import SplitManifest, load_shared
+    from moerm.data.splits import SplitManifest, load_shared, sha256_file
     from moerm.evaluate.contrast import evaluate_contrast, write_contrast_report
     from moerm.judges.contrast import split_contrast_pairs
 
@@ -67,7 +67,8 @@ def cmd_evaluate_contrast(args: argparse.Namespace) -> int:
     header = (
         f"# Capability experts on held-out contrast pairs: {bundle.manifest.backbone.ref} backbone, "
         f"bundle {bundle.version}\n\n"
-        f"Held-out contrast pairs: every edit family on the test split of `{args.split_file}` "
+        f"Held-out contrast pairs: every edit family on the test split of the split file "
+        f"`{Path(args.split_file).name}` (sha256 {sha256_file(args.split_file)[:16]}) "
         f"(edit seed {args.seed}{cap}): {len(contrast)} pairs; {args.max_length} tokens per text."
         f"\n\nProduced by:\n\n```\n{command}\n```"
     )
