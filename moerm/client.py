@@ -179,6 +179,24 @@ class RetryPolicy:
         return random.uniform(0.5, 1.0) * min(self.max_backoff_s, self.initial_backoff_s * 2 ** (attempt - 1))
 
 
+async def call_with_retries(attempt, retry: RetryPolicy, deadline: float):
+    """``await attempt(timeout)`` until it answers, retrying UNAVAILABLE and
+    RESOURCE_EXHAUSTED with ``retry``'s backoff while ``deadline`` (monotonic) allows."""
+    for number in range(1, retry.attempts + 1):
+        try:
+            return await attempt(max(deadline - time.monotonic(), 0.001))
+        except grpc.aio.AioRpcError as error:
+            pause = retry.delay(number)
+            if (
+                error.code() not in RETRYABLE
+                or number == retry.attempts
+                or time.monotonic() + pause >= deadline
+            ):
+                raise
+            await asyncio.sleep(pause)
+    raise AssertionError("unreachable")
+
+
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", 64 * 1024 * 1024),
     # A dns:/// name of several router replicas: spread calls over all of them.
@@ -334,24 +352,12 @@ class AsyncRewardClient:
         self._turn = itertools.cycle(range(len(self._stubs)))
 
     async def _call(self, request: Request, deadline: float, method: str = "Score"):
+        def attempt(timeout: float):  # each attempt goes to the next router
+            stub = self._stubs[next(self._turn)]
+            return getattr(stub, method)(request, timeout=timeout, metadata=self._metadata)
+
         async with self._limit:
-            for attempt in range(1, self.retry.attempts + 1):
-                remaining = deadline - time.monotonic()
-                stub = self._stubs[next(self._turn)]
-                try:
-                    return await getattr(stub, method)(
-                        request, timeout=max(remaining, 0.001), metadata=self._metadata
-                    )
-                except grpc.aio.AioRpcError as error:
-                    pause = self.retry.delay(attempt)
-                    if (
-                        error.code() not in RETRYABLE
-                        or attempt == self.retry.attempts
-                        or time.monotonic() + pause >= deadline
-                    ):
-                        raise
-                    await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+            return await call_with_retries(attempt, self.retry, deadline)
 
     async def score(
         self,

@@ -23,7 +23,15 @@ from dataclasses import dataclass, field, replace
 
 import grpc
 
-from moerm.client import CHANNEL_OPTIONS, NO_CALL, RETRYABLE, ItemLike, RetryPolicy, ScoredIds, to_item
+from moerm.client import (
+    CHANNEL_OPTIONS,
+    NO_CALL,
+    ItemLike,
+    RetryPolicy,
+    ScoredIds,
+    call_with_retries,
+    to_item,
+)
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -229,20 +237,11 @@ class CoalescingClient:
                 pending.future.set_result(pending.results)
 
     async def _call(self, request):
-        deadline = time.monotonic() + self.timeout_s
-        for attempt in range(1, self.retry.attempts + 1):
-            try:
-                return await self._stub.Score(request, timeout=max(deadline - time.monotonic(), 0.001))
-            except grpc.aio.AioRpcError as error:
-                pause = self.retry.delay(attempt)
-                if (
-                    error.code() not in RETRYABLE
-                    or attempt == self.retry.attempts
-                    or time.monotonic() + pause >= deadline
-                ):
-                    raise
-                await asyncio.sleep(pause)
-        raise AssertionError("unreachable")
+        return await call_with_retries(
+            lambda timeout: self._stub.Score(request, timeout=timeout),
+            self.retry,
+            time.monotonic() + self.timeout_s,
+        )
 
     # -- feedback --------------------------------------------------------------------
 

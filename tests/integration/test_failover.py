@@ -1,38 +1,23 @@
 """A dead expert takes down its own task only: ensembles score with the live members
 and name the missing ones, bandits choose the best live arm, the task's health name
-turns NOT_SERVING while the router and the other task keep serving."""
+turns NOT_SERVING while the router and the other task keep serving. (The module's own cluster, from the package's
+module-scoped ``cluster`` fixture: this test stops one of its experts.)"""
 
 from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from moerm.v1 import reward_pb2, reward_pb2_grpc
-from moerm_local import LocalCluster
+from moerm.v1 import reward_pb2
 from router_svc.app import task_service_name
-from tests.integration.conftest import start_cluster
 
 pytestmark = pytest.mark.integration
 
 CODE = "Fix this bug: for i in range(len(xs)) print(xs[i])"
-
-
-@pytest.fixture(scope="module")
-def cluster(minilm_bundle, redis_url) -> Iterator[LocalCluster]:
-    running = start_cluster(minilm_bundle, redis_url)
-    yield running
-    running.stop()
-
-
-@pytest.fixture(scope="module")
-def stub(cluster) -> Iterator[reward_pb2_grpc.RewardServiceStub]:
-    with grpc.insecure_channel(cluster.address) as channel:
-        yield reward_pb2_grpc.RewardServiceStub(channel)
 
 
 def health(cluster, service: str) -> int:
