@@ -142,7 +142,14 @@ def bandit_state(
     timeout = config.bandit_timeout_ms / 1000.0
     client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
     store = BanditStore(client, namespace=config.cache_namespace, ttl_s=config.decision_ttl_s)
-    return RoutingState(pool.names, dim, store, hyperparameters=hyper, seed=config.bandit_seed)
+    return RoutingState(
+        pool.names,
+        dim,
+        store,
+        hyperparameters=hyper,
+        seed=config.bandit_seed,
+        compact_every=config.compact_every,
+    )
 
 
 def method_scopes() -> dict[str, str]:

@@ -94,6 +94,11 @@ class RouterConfig:
     uwo_lambda: float = option(0.5, "uwo ensemble: mean - lambda * variance over the members")
     decision_ttl_s: int = option(86400, "seconds a scored item's routing decision waits for its feedback")
     bandit_timeout_ms: float = option(2000.0, "deadline of a bandit-state call to Redis")
+    compact_every: int = option(
+        10000,
+        "compact the feedback log into a snapshot once this many events lie past the last one "
+        "(bounds the state's memory and the replay at start-up; 0: never)",
+    )
     describe_timeout_s: float = option(30.0, "how long start-up waits for each external reward model")
     torch_threads: int = option(1, "torch threads of the prompt embedder (0: torch's default)")
     embed_dtype: str = option(
@@ -159,8 +164,10 @@ class RouterConfig:
                 f"router_svc: --embed-dtype must be one of {', '.join(DTYPES)}; "
                 "--embed-max-tokens and --torch-threads >= 0"
             )
-        if self.uwo_lambda < 0 or self.decision_ttl_s < 1:
-            raise SystemExit("router_svc: --uwo-lambda must be >= 0 and --decision-ttl-s positive")
+        if self.uwo_lambda < 0 or self.decision_ttl_s < 1 or self.compact_every < 0:
+            raise SystemExit(
+                "router_svc: --uwo-lambda and --compact-every must be >= 0, --decision-ttl-s positive"
+            )
 
     @property
     def expert_endpoints(self) -> dict[str, str]:

@@ -112,27 +112,35 @@ class LinUCB:
     def update_many(self, arms: np.ndarray, X: np.ndarray, rewards: np.ndarray) -> None:
         """Observations in order. Shape: arms (N,) int, X (N, d), rewards (N,)."""
         arms, X, rewards = _as_events(arms, X, rewards, len(self.arms), self.dim)
+        outer = np.empty((self.dim, self.dim))
         for k, x, r in zip(arms, X, rewards, strict=True):
             a_inv = self.A_inv[k]
             u = a_inv @ x
-            a_inv -= np.outer(u, u) / (1.0 + x @ u)
-            # Keep it exactly symmetric: rounding would otherwise drift over many updates.
-            self.A_inv[k] = (a_inv + a_inv.T) / 2
+            # A^-1 - u u^T / (1 + x.u) as A^-1 - v v^T with v = u / sqrt(1 + x.u) (> 1: A^-1 is
+            # positive definite). v_i v_j == v_j v_i exactly, so A^-1 stays exactly symmetric
+            # and rounding cannot drift it apart, with one pass over the matrix.
+            v = u / np.sqrt(1.0 + x @ u)
+            np.multiply.outer(v, v, out=outer)
+            a_inv -= outer
             self.b[k] += r * x
             self.counts[k] += 1
 
     def state(self) -> dict[str, np.ndarray]:
         return {"A_inv": self.A_inv.copy(), "b": self.b.copy(), "counts": self.counts.copy()}
 
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take over :meth:`state` of a LinUCB with the same arms and dim (copied)."""
+        k, dim = len(self.arms), self.dim
+        _check_state(state, {"A_inv": (k, dim, dim), "b": (k, dim), "counts": (k,)})
+        self.A_inv = np.array(state["A_inv"], dtype=np.float64)
+        self.b = np.array(state["b"], dtype=np.float64)
+        self.counts = np.array(state["counts"], dtype=np.int64)
+
     @classmethod
     def from_state(cls, arms: Sequence[str], state: dict[str, np.ndarray], **params) -> LinUCB:
         """Rebuild from :meth:`state`; ``params`` are the constructor's keywords (alpha, lam)."""
-        k, dim = len(arms), int(np.asarray(state["b"]).shape[-1])
-        _check_state(state, {"A_inv": (k, dim, dim), "b": (k, dim), "counts": (k,)})
-        policy = cls(arms, dim, **params)
-        policy.A_inv = np.array(state["A_inv"], dtype=np.float64)
-        policy.b = np.array(state["b"], dtype=np.float64)
-        policy.counts = np.array(state["counts"], dtype=np.int64)
+        policy = cls(arms, int(np.asarray(state["b"]).shape[-1]), **params)
+        policy.load_state(state)
         return policy
 
 
@@ -206,8 +214,9 @@ class Thompson:
     def update_many(self, arms: np.ndarray, X: np.ndarray, rewards: np.ndarray) -> None:
         """Observations in order. Shape: arms (N,) int, X (N, d), rewards (N,)."""
         arms, X, rewards = _as_events(arms, X, rewards, len(self.arms), self.dim)
+        outer = np.empty((self.dim, self.dim))
         for k, x, r in zip(arms, X, rewards, strict=True):
-            self.precision[k] += np.outer(x, x)
+            self.precision[k] += np.multiply.outer(x, x, out=outer)
             self.b[k] += r * x
             self.counts[k] += 1
             self._stale[k] = True
@@ -215,15 +224,20 @@ class Thompson:
     def state(self) -> dict[str, np.ndarray]:
         return {"precision": self.precision.copy(), "b": self.b.copy(), "counts": self.counts.copy()}
 
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Take over :meth:`state` of a Thompson with the same arms and dim (copied)."""
+        k, dim = len(self.arms), self.dim
+        _check_state(state, {"precision": (k, dim, dim), "b": (k, dim), "counts": (k,)})
+        self.precision = np.array(state["precision"], dtype=np.float64)
+        self.b = np.array(state["b"], dtype=np.float64)
+        self.counts = np.array(state["counts"], dtype=np.int64)
+        self._stale[:] = True
+
     @classmethod
     def from_state(cls, arms: Sequence[str], state: dict[str, np.ndarray], **params) -> Thompson:
         """Rebuild from :meth:`state`; ``params`` are the constructor's keywords (lam0,
         noise; a prior mean is already inside ``b``)."""
-        k, dim = len(arms), int(np.asarray(state["b"]).shape[-1])
-        _check_state(state, {"precision": (k, dim, dim), "b": (k, dim), "counts": (k,)})
         params.pop("prior_mean", None)
-        policy = cls(arms, dim, **params)
-        policy.precision = np.array(state["precision"], dtype=np.float64)
-        policy.b = np.array(state["b"], dtype=np.float64)
-        policy.counts = np.array(state["counts"], dtype=np.int64)
+        policy = cls(arms, int(np.asarray(state["b"]).shape[-1]), **params)
+        policy.load_state(state)
         return policy

@@ -8,7 +8,8 @@ Every policy has a *kind*:
 - ``bandit``: a learner chooses one reward model of the pool per distinct prompt and
   learns from Feedback; it is built from the pool's arms, the context dimension and the
   router's hyperparameters (:class:`Hyperparameters`) and must offer
-  ``choose(X, rng) -> arms`` and ``update_many(arms, X, rewards)`` (see
+  ``choose(X, rng) -> arms``, ``update_many(arms, X, rewards)``, and ``state()`` /
+  ``load_state(state)`` (a dict of numpy arrays, for snapshots; see
   :mod:`moerm.routing.bandits`);
 - ``ensemble``: every reward model of the pool scores the item and ``combine`` turns
   their normalized rewards into one (:mod:`moerm.routing.ensembles`).

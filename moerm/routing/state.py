@@ -3,11 +3,24 @@
 Every replica (and a restarted router) starts from the prior and replays the store's log
 in order; since bandit updates apply events one by one, replicas that have applied the
 same log prefix hold bitwise-equal state (given the same arms, dim and hyperparameters).
+
+Compaction keeps the log, and so memory and restart time, bounded: once a replica has
+read ``compact_every`` events past the log's base, it writes its bandits' state as the
+snapshot and cuts those events, in one atomic step. A replica whose offset falls below
+the base loads the snapshot instead of the events. The snapshot is an ``.npz`` file (no
+pickles): every bandit's state arrays plus ``meta``, JSON with the offset it covers and a
+fingerprint of the state the bandits start from (arms, dim and every array of the fresh
+bandits: the prior mean, lam and lam0 are inside). A replica only loads a snapshot with its
+own fingerprint; another pool skips the compacted events, as it skips events of arms it
+does not have.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import io
+import json
 import logging
 from collections.abc import Sequence
 
@@ -34,32 +47,103 @@ class RoutingState:
         seed: int = 0,
         min_history: int = 32,
         window: int = 2048,
+        compact_every: int = 10_000,
     ):
+        if compact_every < 0:
+            raise ValueError(f"compact_every must be >= 0 (0: never), got {compact_every}")
         self.arms = tuple(arms)
         self.dim = int(dim)
         self.store = store
+        self.compact_every = int(compact_every)
         hyper = hyperparameters or Hyperparameters()
         # Every bandit policy of the table, each learning from every event of the log.
         self.bandits = {name: policy(name).build(self.arms, self.dim, hyper) for name in names(BANDIT)}
+        self.fingerprint = self._fingerprint()
         self.normalizer_params = {"min_history": min_history, "window": window}
         FeedbackNormalizer(**self.normalizer_params)  # fail early on bad parameters
         self.rng = np.random.default_rng(seed)
-        self.offset = 0  # log events read so far (applied or skipped)
+        self.offset = 0  # log events read so far (applied, skipped or loaded from a snapshot)
+        self.base = 0  # the log's base as last read: events below it are in the snapshot
         self.skipped = 0  # log events naming an arm outside this pool, or another dim
+        self.compactions = 0  # snapshots this replica wrote
         self._index = {name: k for k, name in enumerate(self.arms)}
         self._sync_lock = asyncio.Lock()
 
+    def _fingerprint(self) -> str:
+        """sha256 of what the bandits start from: arms, dim and the fresh state arrays."""
+        digest = hashlib.sha256(json.dumps([self.arms, self.dim, sorted(self.bandits)]).encode())
+        for name in sorted(self.bandits):
+            for key, array in sorted(self.bandits[name].state().items()):
+                digest.update(f"{name}.{key}".encode())
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()
+
     async def sync(self) -> int:
-        """Apply the log events this replica has not read yet to every bandit; returns how
-        many were applied."""
+        """Apply the log events this replica has not read yet to every bandit (from the
+        snapshot first when they were compacted); returns how many events were applied."""
         async with self._sync_lock:
-            applied = 0
-            while True:
-                events, offset = await self.store.events_since(self.offset)
-                if not events:
-                    return applied
-                applied += self._apply(events)
-                self.offset = offset
+            return await self._sync()
+
+    async def _sync(self) -> int:
+        applied = 0
+        while True:
+            events, offset, self.base = await self.store.events_since(self.offset)
+            if self.offset < self.base:
+                applied += await self._restore()
+                continue
+            if not events:
+                return applied
+            applied += self._apply(events)
+            self.offset = offset
+
+    async def _restore(self) -> int:
+        """Catch up to the snapshot, or past the compacted events when the snapshot is
+        not this replica's (another pool or hyperparameters). Returns events applied."""
+        data = await self.store.snapshot()
+        states, meta = _decode_snapshot(data) if data is not None else ({}, {})
+        covered = int(meta.get("offset", 0))
+        if meta.get("fingerprint") == self.fingerprint and covered > self.offset:
+            for name, bandit in self.bandits.items():
+                bandit.load_state(states[name])
+            applied = covered - self.offset - (int(meta["skipped"]) - self.skipped)
+            self.skipped = int(meta["skipped"])
+            self.offset = covered
+            return max(applied, 0)
+        missed = max(self.base, covered) - self.offset
+        log.warning(
+            "%d compacted log events skipped: the snapshot was written by another pool or "
+            "other hyperparameters",
+            missed,
+        )
+        self.skipped += missed
+        self.offset += missed
+        return 0
+
+    async def compact(self) -> bool:
+        """Sync, then write this replica's state as the snapshot and cut the events it
+        covers from the log, when at least ``compact_every`` events lie past the base.
+        True when this call compacted (False also when another replica did it first)."""
+        async with self._sync_lock:
+            await self._sync()
+            if not self.compact_every or self.offset - self.base < self.compact_every:
+                return False
+            done = await self.store.compact(self.base, self.offset, self._encode_snapshot())
+            if done:
+                self.base = self.offset
+                self.compactions += 1
+            return done
+
+    def _encode_snapshot(self) -> bytes:
+        meta = {"offset": self.offset, "skipped": self.skipped, "fingerprint": self.fingerprint}
+        arrays = {
+            f"{name}.{key}": array
+            for name, bandit in self.bandits.items()
+            for key, array in bandit.state().items()
+        }
+        arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        return buffer.getvalue()
 
     def _apply(self, events: list[tuple[str, np.ndarray, float]]) -> int:
         usable = [(self._index.get(arm), x, r) for arm, x, r in events]
@@ -129,6 +213,8 @@ class RoutingState:
             for (item_id, _), ok in zip(events, logged, strict=True):
                 status[item_id] = APPLIED if ok else DUPLICATE
         await self.sync()
+        if self.compact_every and self.offset - self.base >= self.compact_every:
+            await self.compact()
         return status
 
     def _validated(self, ids: Sequence[str], raw: np.ndarray) -> np.ndarray:
@@ -171,3 +257,19 @@ class RoutingState:
             centered[np.array(logged, dtype=bool)], cap=self.normalizer_params["window"]
         )
         return logged
+
+
+def _decode_snapshot(data: bytes) -> tuple[dict[str, dict[str, np.ndarray]], dict]:
+    """Per bandit its state arrays, and the meta dict; ({}, {}) for unreadable bytes."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+            meta = json.loads(archive["meta"].tobytes())
+            states: dict[str, dict[str, np.ndarray]] = {}
+            for name in archive.files:
+                if name != "meta":
+                    bandit, key = name.split(".", 1)
+                    states.setdefault(bandit, {})[key] = archive[name]
+        return states, meta
+    except (ValueError, KeyError, OSError) as error:
+        log.warning("unreadable bandit snapshot: %s", error)
+        return {}, {}

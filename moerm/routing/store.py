@@ -4,10 +4,15 @@ every router replica replays it into its own in-memory bandits (:mod:`moerm.rout
 Keys, all under ``{<namespace>moerm:v1:bandit}:`` (the braces are a Redis Cluster hash
 tag, so the keys one Lua call touches share a slot):
 
-- ``decision:<item id>``: JSON {arm, policy, context (base64 float32 LE)}, TTL ``ttl_s``;
-  what the router chose for an item, until its feedback arrives;
-- ``done:<item id>``: "1", TTL ``ttl_s``; set with NX when the item's feedback is logged;
-- ``log``: list of JSON events {id, arm, reward, context}, no TTL; offsets are list indexes;
+- ``decision:<request id>:<item id>``: JSON {arm, policy, context (base64 float32 LE)},
+  TTL ``ttl_s``; what the router chose for an item, until its feedback arrives;
+- ``done:<request id>:<item id>``: "1", TTL ``ttl_s``; set with NX when the item's
+  feedback is logged;
+- ``log``: list of JSON events {id, arm, reward, context}, no TTL;
+- ``log:base``: how many events compaction has cut from the log's head (absent: 0). Offsets
+  are absolute: event ``offset`` is list index ``offset - base``;
+- ``snapshot``: the bandits' state after the first ``base`` events (bytes, see
+  :mod:`moerm.routing.state`), written in the same atomic step as the cut;
 - ``raw``: list of the normalizer's baseline-subtracted feedback values, capped, no TTL.
 """
 
@@ -38,6 +43,34 @@ end
 return applied
 """
 
+# KEYS[1] = log, KEYS[2] = log:base; ARGV[1] = absolute offset, ARGV[2] = count.
+# Returns {base, events}: events from the offset on, or none when the offset is below the
+# base (compacted away: the caller needs the snapshot). One call, so a compaction cannot
+# fall between reading the base and the list.
+_READ_LOG = """
+local base = tonumber(redis.call('GET', KEYS[2]) or '0')
+local start = tonumber(ARGV[1]) - base
+if start < 0 then
+  return {base, {}}
+end
+return {base, redis.call('LRANGE', KEYS[1], start, start + tonumber(ARGV[2]) - 1)}
+"""
+
+# KEYS[1] = log, KEYS[2] = log:base, KEYS[3] = snapshot; ARGV[1] = the base the caller
+# read, ARGV[2] = the new base N, ARGV[3] = the snapshot of the state after N events.
+# Compare-and-set: when another replica compacted meanwhile, nothing changes (returns 0).
+_COMPACT = """
+local base = tonumber(redis.call('GET', KEYS[2]) or '0')
+local target = tonumber(ARGV[2])
+if base ~= tonumber(ARGV[1]) or target <= base or target - base > redis.call('LLEN', KEYS[1]) then
+  return 0
+end
+redis.call('SET', KEYS[3], ARGV[3])
+redis.call('LTRIM', KEYS[1], target - base, -1)
+redis.call('SET', KEYS[2], target)
+return 1
+"""
+
 
 @dataclass(frozen=True, eq=False)
 class Decision:
@@ -66,7 +99,8 @@ def _decode_array(text: str) -> np.ndarray:
 class BanditStore:
     """Decisions, the feedback log and the shared normalizer history of one namespace.
 
-    ``redis`` is a ``redis.asyncio.Redis`` client (bytes or decoded responses both work).
+    ``redis`` is a ``redis.asyncio.Redis`` client that returns bytes (the default, not
+    ``decode_responses``: the snapshot is binary).
     """
 
     def __init__(self, redis, *, namespace: str = "", ttl_s: int = 86400):
@@ -77,8 +111,12 @@ class BanditStore:
         self.ttl_s = int(ttl_s)
         self.prefix = f"{{{namespace}{KEY_PREFIX}}}:"
         self.log_key = self.prefix + "log"
+        self.base_key = self.prefix + "log:base"
+        self.snapshot_key = self.prefix + "snapshot"
         self.raw_key = self.prefix + "raw"
         self._append_once = redis.register_script(_APPEND_ONCE)
+        self._read_log = redis.register_script(_READ_LOG)
+        self._compact = redis.register_script(_COMPACT)
 
     def decision_key(self, item_id: str) -> str:
         return f"{self.prefix}decision:{item_id}"
@@ -138,10 +176,12 @@ class BanditStore:
 
     async def events_since(
         self, offset: int, *, count: int = 4096
-    ) -> tuple[list[tuple[str, np.ndarray, float]], int]:
-        """Up to ``count`` logged (arm, context float32 (d,), reward) events from list index
-        ``offset`` on, and the offset after them."""
-        values = await self.redis.lrange(self.log_key, offset, offset + count - 1)
+    ) -> tuple[list[tuple[str, np.ndarray, float]], int, int]:
+        """Up to ``count`` logged (arm, context float32 (d,), reward) events from the
+        absolute ``offset`` on, the offset after them, and the log's base. No events when
+        ``offset`` is below the base: they were compacted into the snapshot."""
+        base, values = await self._read_log(keys=[self.log_key, self.base_key], args=[offset, count])
+        base = int(base)
         events = []
         for value in values:
             try:
@@ -150,10 +190,32 @@ class BanditStore:
             except (ValueError, KeyError, TypeError):
                 event = ("", np.zeros(0, dtype=_F32), float("nan"))  # unreadable: skipped by the replica
             events.append(event)
-        return events, offset + len(values)
+        return events, offset + len(values), base
 
     async def log_length(self) -> int:
-        return int(await self.redis.llen(self.log_key))
+        """Events ever logged (the base plus the events still in the list)."""
+        async with self.redis.pipeline(transaction=True) as pipe:
+            pipe.get(self.base_key)
+            pipe.llen(self.log_key)
+            base, length = await pipe.execute()
+        return int(base or 0) + int(length)
+
+    async def base(self) -> int:
+        """Events compacted into the snapshot (0 before the first compaction)."""
+        return int(await self.redis.get(self.base_key) or 0)
+
+    async def snapshot(self) -> bytes | None:
+        """The snapshot of the state after the first :meth:`base` events (None before any)."""
+        return await self.redis.get(self.snapshot_key)
+
+    async def compact(self, base: int, offset: int, snapshot: bytes) -> bool:
+        """Replace the log's events below ``offset`` with ``snapshot`` (the state after
+        them), atomically and only if the base is still ``base``; False when another
+        replica compacted first (nothing changed)."""
+        done = await self._compact(
+            keys=[self.log_key, self.base_key, self.snapshot_key], args=[base, offset, snapshot]
+        )
+        return bool(done)
 
     async def raw_history(self, limit: int) -> np.ndarray:
         """The last ``limit`` values of the shared normalizer history. Shape: (<= limit,) float64."""

@@ -38,6 +38,12 @@ class GreedyMean:
         np.add.at(self.sums, arms, rewards)
         np.add.at(self.counts, arms, 1)
 
+    def state(self) -> dict[str, np.ndarray]:
+        return {"sums": self.sums.copy(), "counts": self.counts.copy()}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        self.sums, self.counts = np.array(state["sums"]), np.array(state["counts"])
+
 
 @pytest.fixture
 def toys() -> Iterator[None]:

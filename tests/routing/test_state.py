@@ -123,7 +123,7 @@ async def test_rewards_are_normalized_against_the_shared_history(clients, namesp
         ids = await remember_items(state, len(raw), start=10 * i, seed=i)
         await state.feedback(ids, raw)
         expected += reference.normalize(raw).tolist()  # one normalizer seeing every batch
-    logged, _ = await first.store.events_since(0)
+    logged, _, _ = await first.store.events_since(0)
     assert [r for _, _, r in logged] == pytest.approx(expected)
     assert expected[:4] == [0.5] * 4 and expected[4:] != [0.5] * 6
 
@@ -139,3 +139,53 @@ async def test_bad_feedback_names_the_field(clients, namespace) -> None:
         await state.choose("uwo", np.ones((1, DIM)))
     assert error.value.violations[0].field == "policy"
     assert await state.store.log_length() == 0
+
+
+async def test_compaction_keeps_the_log_bounded_and_the_state_exact(clients, namespace) -> None:
+    writer = replica(clients, namespace, compact_every=5)
+    lagging = replica(clients, namespace, compact_every=0)
+    for batch in range(4):  # 4 x 4 events: compacted after 8 and after 16 (5 or more past the base)
+        ids = await remember_items(writer, 4, start=10 * batch, seed=batch)
+        await writer.feedback(ids, np.arange(4.0) + batch)
+        if batch == 0:
+            await lagging.sync()  # read the first 4 events, then falls behind
+    assert writer.compactions == 2
+    assert await writer.store.base() == 16 and await writer.store.log_length() == 16
+    assert await writer.store.redis.llen(writer.store.log_key) == 0
+    # A restarted replica loads the snapshot; one that had read 4 events jumps to it too.
+    restarted = replica(clients, namespace)
+    assert await restarted.sync() == 16 and await lagging.sync() == 12
+    for other in (restarted, lagging):
+        assert other.offset == 16 and other.skipped == 0
+        assert_same_bandits(writer, other)  # bitwise: the writer applied all 16 events one by one
+    # After the cut, new events replay on top of the snapshot, and retries stay duplicates.
+    more = await remember_items(writer, 3, start=100, seed=9)
+    await writer.feedback(more, np.arange(3.0))
+    assert await writer.feedback(ids, np.arange(4.0)) == dict.fromkeys(ids, "duplicate")
+    await restarted.sync()
+    assert restarted.offset == 19
+    assert_same_bandits(writer, restarted)
+
+
+async def test_a_replica_of_another_pool_skips_the_compacted_events(clients, namespace) -> None:
+    writer = replica(clients, namespace, compact_every=3)
+    await writer.feedback(await remember_items(writer, 4), np.arange(4.0))
+    assert writer.compactions == 1
+    other = RoutingState(ARMS[:2], DIM, BanditStore(clients(), namespace=namespace))
+    assert await other.sync() == 0
+    assert (other.offset, other.skipped) == (4, 4)
+    assert other.bandits["linucb"].counts.sum() == 0
+
+
+async def test_concurrent_compactions_cut_the_log_once(clients, namespace) -> None:
+    first = replica(clients, namespace, compact_every=0)
+    ids = await remember_items(first, 6)
+    await first.feedback(ids, np.arange(6.0))
+    first.compact_every = 2
+    second = replica(clients, namespace, compact_every=2)
+    done = await asyncio.gather(first.compact(), second.compact())
+    assert sorted(done) == [False, True]
+    assert await first.store.base() == 6
+    restarted = replica(clients, namespace)
+    await restarted.sync()
+    assert_same_bandits(first, restarted)

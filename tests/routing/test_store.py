@@ -53,8 +53,8 @@ async def test_same_id_twice_is_logged_once(store: BanditStore) -> None:
     assert await store.append_feedback(events(["y", "z"])) == [False, True]  # a retried call
     assert await store.append_feedback(events(["w", "w"])) == [True, False]  # repeated in one call
     assert await store.log_length() == 4
-    logged, offset = await store.events_since(0)
-    assert offset == 4
+    logged, offset, base = await store.events_since(0)
+    assert (offset, base) == (4, 0)
     assert [arm for arm, _, _ in logged] == ["rm-a"] * 4
     ttl = await store.redis.ttl(store.done_key("x"))
     assert 0 < ttl <= store.ttl_s
@@ -72,18 +72,18 @@ async def test_concurrent_appends_from_two_stores_count_each_id_once(
     )
     flags = np.array(results).reshape(8, 2, 5)
     assert (flags.sum(axis=1) == 1).all()  # exactly one of the two logged each id
-    logged, offset = await first.events_since(0)
+    logged, offset, _ = await first.events_since(0)
     assert offset == len(logged) == 40
 
 
 async def test_events_since_pages_through_the_log(store: BanditStore) -> None:
     sent = events([f"id-{i}" for i in range(7)])
     await store.append_feedback(sent)
-    page, offset = await store.events_since(0, count=3)
+    page, offset, _ = await store.events_since(0, count=3)
     assert offset == 3
-    rest, offset = await store.events_since(offset)
+    rest, offset, _ = await store.events_since(offset)
     assert offset == 7
-    assert await store.events_since(offset) == ([], 7)
+    assert await store.events_since(offset) == ([], 7, 0)
     for (arm, x, r), (_, sent_arm, sent_x, sent_r) in zip(page + rest, sent, strict=True):
         assert arm == sent_arm and r == sent_r and np.array_equal(x, sent_x)
 
