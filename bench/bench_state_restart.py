@@ -7,9 +7,10 @@ private state server (``EmbeddedRedis.for_state``: noeviction, in memory):
 
 - **compacted**: a writer replica logs events in pages of 1,000 (the same store calls
   and event bytes as Feedback; random unit contexts of dim 384, 4 arms, random rewards)
-  and compacts as Feedback does. At each checkpoint (100,000 and 1,000,000 events) a new
-  replica starts and syncs: its wall time is the restart time; its bandits must equal the
-  writer's bitwise.
+  and compacts as Feedback does. At each checkpoint (100,000 and 1,000,000 events, right
+  after a compaction) and again ``--compact-every`` minus one page later (the longest
+  replay: just before the next compaction), a new replica starts and syncs: its wall time
+  is the restart time; its bandits must equal the writer's bitwise.
 - **full log**: the same events logged with compaction off; at each checkpoint a new
   replica replays the whole log.
 
@@ -168,7 +169,7 @@ def main() -> None:
     args = parser.parse_args()
     checkpoints = [int(c) for c in args.checkpoints.split(",")]
     if args.quick:
-        checkpoints, args.compact_every, args.full_max = [5000, 20000], 3000, 20000
+        checkpoints, args.compact_every, args.full_max = [6000, 21000], 3000, 21000
     import subprocess
 
     commit = subprocess.run(
@@ -176,7 +177,8 @@ def main() -> None:
     ).stdout.strip()
     report = {"machine": machine_line(), "commit": commit, "load": os.getloadavg(), "rows": []}
     with EmbeddedRedis.for_state() as server:
-        report["rows"] += asyncio.run(run("compacted", server.url, checkpoints, args.compact_every))
+        worst = sorted({c for n in checkpoints for c in (n, n + args.compact_every - PAGE)})
+        report["rows"] += asyncio.run(run("compacted", server.url, worst, args.compact_every))
         full = [c for c in checkpoints if c <= args.full_max]
         report["rows"] += asyncio.run(run("full", server.url, full, 0))
     table = render(report)

@@ -82,6 +82,7 @@ def build_expert(config: ExpertConfig) -> ExpertApp:
         refill_wait_s=config.refill_wait_ms / 1000.0,
         max_queue_items=config.max_queue_items,
         max_wait_s=config.max_queue_wait_s,
+        deadline_share=config.deadline_share,
         metrics=BatcherMetrics(metrics.registry, "moerm_expert", {"task": config.task or config.served_name}),
     )
     servicer = ExpertServicer(

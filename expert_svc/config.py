@@ -35,6 +35,11 @@ class ExpertConfig:
         60.0,
         "reject a call at once (RESOURCE_EXHAUSTED) when the queue's expected wait exceeds this or its deadline",
     )
+    deadline_share: float = option(
+        0.8,
+        "share of a call's remaining deadline its expected queue wait may take (the rest: aggregation, "
+        "replies, and the rate estimate's error)",
+    )
     max_request_items: int = option(1024, "most items in one request (more: INVALID_ARGUMENT)")
     max_message_mb: int = option(64, "largest gRPC message received or sent, in MiB")
     max_concurrent_rpcs: int = option(
@@ -77,6 +82,8 @@ class ExpertConfig:
             or min(self.max_queue_delay_ms, self.refill_wait_ms) < 0
         ):
             raise SystemExit("expert_svc: batch size and queue limits must be positive")
+        if not 0 < self.deadline_share <= 1:
+            raise SystemExit("expert_svc: --deadline-share must be in (0, 1]")
         if self.max_queue_wait_s <= 0 or self.max_request_items < 1 or self.max_message_mb < 1:
             raise SystemExit(
                 "expert_svc: --max-queue-wait-s, --max-request-items and --max-message-mb must be positive"

@@ -20,9 +20,11 @@ until it is done (and a GRPO group still fills a batch together, for prefix shar
 
 Admission: the batcher measures its service rate (tokens per second over recent
 batches). A request is rejected at once (RESOURCE_EXHAUSTED) when the expected wait
-for the work ahead of it and its own items exceeds the caller's remaining deadline or
-``max_wait_s``: it would not finish in time anyway, and computing it would only delay
-the callers who can still be served.
+for the work ahead of it and its own items exceeds ``deadline_share`` of the caller's
+remaining deadline, or ``max_wait_s``: it would not finish in time anyway, and computing
+it would only delay the callers who can still be served. The rest of the deadline is
+kept for what follows the batcher (the aggregator, the replies) and for the estimate's
+error: the rate drops when other processes take the CPU.
 """
 
 from __future__ import annotations
@@ -100,8 +102,11 @@ class DynamicBatcher:
         max_batch_tokens: float = float("inf"),
         refill_wait_s: float = 0.0,
         max_wait_s: float = float("inf"),
+        deadline_share: float = 1.0,
         metrics: BatcherMetrics | None = None,
     ):
+        if not 0 < deadline_share <= 1:
+            raise ValueError(f"deadline_share must be in (0, 1], got {deadline_share}")
         self.fn = fn
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
@@ -109,6 +114,7 @@ class DynamicBatcher:
         self.refill_wait_s = refill_wait_s
         self.max_queue_items = max_queue_items
         self.max_wait_s = max_wait_s
+        self.deadline_share = deadline_share
         self.rate = ServiceRate()
         self._queued_cost = 0.0  # tokens submitted and not yet finished
         self._last_batch_items = 0
@@ -164,7 +170,7 @@ class DynamicBatcher:
         """Outputs for ``items``, computed in batches with other callers' items.
         ``costs``: each item's tokens (default 1). ``time_left_s``: the caller's
         remaining deadline; the request is rejected at once when it is not expected to
-        finish within it (or within ``max_wait_s``)."""
+        finish within ``deadline_share`` of it (or within ``max_wait_s``)."""
         if self._worker is None:
             raise Unavailable("batcher not running")
         if self._queued_items + len(items) > self.max_queue_items:
@@ -177,7 +183,8 @@ class DynamicBatcher:
         costs = list(costs) if costs is not None else [1.0] * len(items)
         cost = float(sum(costs))
         wait = self.expected_wait_s(cost)
-        bound = min(self.max_wait_s, time_left_s if time_left_s is not None else float("inf"))
+        share = self.deadline_share * time_left_s if time_left_s is not None else float("inf")
+        bound = min(self.max_wait_s, share)
         if wait > bound:
             self.metrics.rejected_late.inc()
             raise ResourceExhausted(

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import redis.asyncio as redis
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from moerm.bundle import Bundle
 from moerm.cache import ScoreCache
@@ -140,7 +142,11 @@ def bandit_state(
     """The bandits over ``pool``, kept in the Redis at ``url`` under the cache namespace."""
 
     timeout = config.bandit_timeout_ms / 1000.0
-    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout)
+    # A connection the server closed (it restarted) is retried on a new one, up to three
+    # times within about a second; a timeout is not (it already took bandit_timeout_ms).
+    # Retrying is safe: the append is once per id, and reads change nothing.
+    retry = Retry(ExponentialBackoff(cap=0.5, base=0.05), 3, supported_errors=(redis.ConnectionError,))
+    client = redis.Redis.from_url(url, socket_timeout=timeout, socket_connect_timeout=timeout, retry=retry)
     store = BanditStore(client, namespace=config.cache_namespace, ttl_s=config.decision_ttl_s)
     return RoutingState(
         pool.names,

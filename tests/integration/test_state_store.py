@@ -1,5 +1,6 @@
-"""Bandit state never shares the score cache's eviction, and with a state folder it
-survives a router restart."""
+"""Bandit state never shares the score cache's eviction; with a state folder it survives a
+router restart, and with a persistent state server a crash of that server loses no
+Feedback and applies none twice."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 import redis
 
-from moerm.embedded_redis import EmbeddedRedis
+from moerm.embedded_redis import EmbeddedRedis, free_port
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from moerm_local import LocalCluster
 
@@ -69,3 +70,57 @@ def test_a_router_keeps_its_bandits_across_a_restart_with_a_state_folder(minilm_
             assert np.array_equal(state.bandits["linucb"].state()[key], value), key
     finally:
         cluster.stop()
+
+
+def feedback(stub, reply, rewards: dict[int, float]) -> list[int]:
+    """Feedback for the reply's results at the given positions; the outcome of each."""
+    request = reward_pb2.FeedbackRequest(
+        items=[
+            reward_pb2.FeedbackItem(id=reply.results[k].id, reward=r, request_id=reply.request_id)
+            for k, r in rewards.items()
+        ]
+    )
+    return [result.outcome for result in stub.Feedback(request, timeout=60).results]
+
+
+def test_feedback_survives_a_crash_of_a_persistent_state_server(minilm_bundle, tmp_path) -> None:
+    port = free_port()
+
+    def state_server() -> EmbeddedRedis:  # one port and one folder: the same server after a crash
+        return EmbeddedRedis(port, maxmemory="0", policy="noeviction", data_dir=tmp_path / "state").start()
+
+    server = state_server()
+    cluster = None
+    try:
+        cluster = LocalCluster(
+            str(minilm_bundle), redis_url="", router_overrides={"state_redis_url": server.url}
+        ).start()
+        applied, duplicate = reward_pb2.FEEDBACK_OUTCOME_APPLIED, reward_pb2.FEEDBACK_OUTCOME_DUPLICATE
+        with grpc.insecure_channel(cluster.address) as channel:
+            stub = reward_pb2_grpc.RewardServiceStub(channel)
+            items = [
+                reward_pb2.ScoreItem(prompt=f"Sort my list {k}.", response="sorted(xs)") for k in range(6)
+            ]
+            reply = stub.Score(reward_pb2.ScoreRequest(items=items, policy="linucb"), timeout=60)
+            assert feedback(stub, reply, {0: 1.0, 1: 0.0, 2: 0.5}) == [applied] * 3
+            server.process.kill()  # SIGKILL: no shutdown, only what the append-only file holds
+            server.process.wait()
+            server.stop()
+            server = state_server()
+            # The trainer retries the whole step: the first three count once, the rest apply.
+            outcomes = feedback(stub, reply, {k: float(k) for k in range(6)})
+            assert outcomes == [duplicate] * 3 + [applied] * 3
+        state = cluster.router.router.state
+        assert cluster.run(state.store.log_length()) == 6
+        cluster.run(state.sync())
+        assert state.bandits["linucb"].counts.sum() == 6
+        before = state.bandits["linucb"].state()
+        cluster.restart_router()  # a new router replays the same six events
+        state = cluster.router.router.state
+        cluster.run(state.sync())
+        for key, value in before.items():
+            assert np.array_equal(state.bandits["linucb"].state()[key], value), key
+    finally:
+        if cluster is not None:
+            cluster.stop()
+        server.stop()

@@ -264,11 +264,19 @@ async def test_a_request_that_would_finish_too_late_is_rejected_at_once(make, fn
         await batcher.submit([7], time_left_s=2.0)
     assert asyncio.get_running_loop().time() - started < 0.1  # answered at once
     assert metric(batcher, "rejected_late_total") == 1
+    # 10.1 s expected: within a 12 s deadline, but not within 0.8 of it.
+    batcher.deadline_share = 0.8
+    with pytest.raises(ResourceExhausted, match="deadline"):
+        await batcher.submit([7], time_left_s=12.0)
+    batcher.deadline_share = 1.0
+    admitted = asyncio.create_task(batcher.submit([7], time_left_s=12.0))
+    await asyncio.sleep(0)  # admitted and queued
     batcher.max_wait_s = 5.0
     with pytest.raises(ResourceExhausted, match="bound"):
         await batcher.submit([7], time_left_s=60.0)
     fn.gate.set()
     check(list(range(100)), await queued)
+    check([7], await admitted)
 
 
 def test_the_service_rate_follows_recent_batches() -> None:
