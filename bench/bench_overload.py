@@ -9,10 +9,16 @@ not depend on the weights), started with ``moerm up`` (ProcessCluster, supervise
 2. **2x saturation**: open loop, 8-item requests arriving at 2 S items/s for
    ``--overload-s`` (Poisson arrivals), each with a 10 s deadline. Every call's status and
    latency: OK, RESOURCE_EXHAUSTED (and how fast), DEADLINE_EXCEEDED, other; goodput (OK
-   items/s) against S; the expert's RSS before and after.
+   items/s) against S; the expert's RSS every 10 s. The RSS baseline is taken after a
+   warm-up that includes 10 s at 2 S, so that the expert has run its largest batches once:
+   the growth measured is what overload adds over time (a leak or a queue that grows), not
+   the first full batch's working set.
 3. **Kill under load**: closed loop on both tasks (2 clients each); the ``writing``
    expert is killed with SIGKILL; the calls of each task before, while down and after;
    how fast the failing calls fail; when ``writing`` answers again against its load time.
+4. **One of two replicas killed**: a second cluster (``replicas=2``); closed loop on
+   ``writing`` (4 clients) for ``--kill-run-s``; one of its two experts is killed; the
+   share of calls that succeed.
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_overload.py [--quick]
 
@@ -147,13 +153,18 @@ async def drive(cluster, args, report: dict) -> None:
         await closed_loop(stub, ["code"] * 4, args.saturation_s, rng, saturation.calls)
         s = goodput(saturation.calls, args.saturation_s)
         print(f"saturation: {s:.1f} items/s ({saturation.codes()})", flush=True)
+        await open_loop(stub, 2 * s, 10, rng, [])  # the largest batches run once
 
-        rss_before = rss_mib(expert["expert-code"].process.pid)
+        pid = expert["expert-code"].process.pid
+        rss = [rss_mib(pid)]
         overload = Phase()
         started = time.monotonic()
+        sampling = asyncio.ensure_future(sample_rss(pid, 10.0, rss))
         await open_loop(stub, 2 * s, args.overload_s, rng, overload.calls)
         span = time.monotonic() - started
-        rss_after = rss_mib(expert["expert-code"].process.pid)
+        sampling.cancel()
+        rss.append(rss_mib(pid))
+        rss_before, rss_after = rss[0], rss[-1]
         codes = overload.codes()
         rejected = [c.latency for c in overload.calls if c.code == "RESOURCE_EXHAUSTED"]
         report["overload"] = {
@@ -170,6 +181,7 @@ async def drive(cluster, args, report: dict) -> None:
             "ok_p99_s": quantile([c.latency for c in overload.calls if c.code == "OK"], 0.99),
             "expert_rss_mib_before": rss_before,
             "expert_rss_mib_after": rss_after,
+            "expert_rss_mib_every_10s": rss,
         }
         print(json.dumps(report["overload"], indent=1), flush=True)
 
@@ -204,6 +216,43 @@ async def drive(cluster, args, report: dict) -> None:
         print(json.dumps(report["kill"], indent=1), flush=True)
 
 
+async def sample_rss(pid: int, every_s: float, out: list[float]) -> None:
+    while True:
+        await asyncio.sleep(every_s)
+        out.append(rss_mib(pid))
+
+
+async def drive_replicas(cluster, args, report: dict) -> None:
+    """Closed loop on ``writing``; one of its two experts is killed under load."""
+    rng = random.Random(1)
+    victim = next(c for c in cluster.children if c.name == "expert-writing-0")
+    async with grpc.aio.insecure_channel(cluster.address) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        await closed_loop(stub, ["writing"] * 2, 5, rng, [])  # warm up
+        phase = Phase()
+
+        async def killer() -> float:
+            await asyncio.sleep(args.kill_after_s)
+            os.kill(victim.process.pid, signal.SIGKILL)
+            return time.monotonic()
+
+        loop_task = asyncio.ensure_future(
+            closed_loop(stub, ["writing"] * 4, args.kill_run_s, rng, phase.calls)
+        )
+        killed_at = await killer()
+        await loop_task
+    after = [c for c in phase.calls if c.started >= killed_at - 1.0]  # from just before the kill on
+    report["replicas"] = {
+        "calls": len(phase.calls),
+        "ok": sum(c.code == "OK" for c in phase.calls),
+        "codes": dict(phase.codes()),
+        "calls_from_kill": len(after),
+        "ok_from_kill": sum(c.code == "OK" for c in after),
+        "restarts": cluster.restarts,
+    }
+    print(json.dumps(report["replicas"], indent=1), flush=True)
+
+
 def load_seconds(log_file: Path, _: str) -> float | None:
     """The restarted expert's model load time, from its log ("... loaded in X.Xs")."""
     import re
@@ -233,6 +282,11 @@ def render(report: dict) -> str:
         f"| {o['rejected_p50_ms']:.0f} / {o['rejected_p99_ms']:.0f} | {o['ok_p50_s']:.1f} / {o['ok_p99_s']:.1f} "
         f"| {o['expert_rss_mib_before']:.0f} / {o['expert_rss_mib_after']:.0f} |"
     )
+    if "expert_rss_mib_every_10s" in o:
+        lines += [
+            "",
+            "Expert RSS every 10 s (MiB): " + ", ".join(f"{v:.0f}" for v in o["expert_rss_mib_every_10s"]),
+        ]
     back = k["writing_back_after_s"]
     lines += [
         "",
@@ -246,6 +300,17 @@ def render(report: dict) -> str:
         f"| {k['writing_expert_load_s']} | {k['code_calls_after_kill']} ({k['code_calls_ok_after_kill']}) "
         f"| {k['restarts']} |",
     ]
+    if "replicas" in report:
+        r = report["replicas"]
+        lines += [
+            "",
+            "### One of two `writing` experts killed (SIGKILL) under load (`replicas=2`)",
+            "",
+            "| calls | OK | share OK | calls from the kill on | OK | codes | restarts |",
+            "|---:|---:|---:|---:|---:|---|---|",
+            f"| {r['calls']} | {r['ok']} | {r['ok'] / max(1, r['calls']):.4f} | {r['calls_from_kill']} "
+            f"| {r['ok_from_kill']} | {r['codes']} | {r['restarts']} |",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -269,6 +334,9 @@ def main() -> None:
     with ProcessCluster(bundle, torch_threads=1, log_level="INFO") as cluster:
         print(f"cluster up (logs in {cluster.log_dir})", flush=True)
         asyncio.run(drive(cluster, args, report))
+    with ProcessCluster(bundle, torch_threads=1, log_level="INFO", replicas=2) as cluster:
+        print(f"cluster with two replicas per task up (logs in {cluster.log_dir})", flush=True)
+        asyncio.run(drive_replicas(cluster, args, report))
     table = render(report)
     print(table)
     if args.quick:

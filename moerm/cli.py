@@ -162,6 +162,7 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_dir=args.log_dir,
         log_level=args.log_level,
         state_dir=args.state_dir or None,
+        replicas=args.replicas,
     )
     print(f"starting moerm from {bundle} (logs in {cluster.log_dir}) ...", file=sys.stderr)
     with cluster:
@@ -353,6 +354,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="keep the bandit state (embedded state server) in this folder across restarts "
         "(default: in memory, lost when moerm up stops)",
+    )
+    up.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="expert processes per task; the router spreads calls over them round-robin and retries "
+        "a call on another replica when one dies",
     )
     up.add_argument("--log-dir", help="where the services write their logs (default: a temp folder)")
     up.add_argument("--log-level", default="INFO")

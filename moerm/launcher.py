@@ -82,7 +82,8 @@ def wait_serving(address: str, timeout_s: float, child: Child | None = None) -> 
 
 
 class ProcessCluster:
-    """Router + aggregator + one expert process per task (+ embedded cache)."""
+    """Router + aggregator + ``replicas`` expert processes per task (+ embedded cache).
+    An expert is named ``expert-<task>``, or ``expert-<task>-<k>`` with several replicas."""
 
     def __init__(
         self,
@@ -98,7 +99,10 @@ class ProcessCluster:
         router_args: Sequence[str] = (),
         state_dir: str | Path | None = None,
         supervise: bool = True,
+        replicas: int = 1,
     ):
+        if replicas < 1:
+            raise ValueError(f"replicas must be >= 1, got {replicas}")
         self.bundle = Bundle.load(bundle_dir)
         self.bundle_dir = str(Path(bundle_dir).resolve())
         self.port = port
@@ -108,7 +112,7 @@ class ProcessCluster:
         tasks = len(self.bundle.manifest.tasks)
         # The cores go to the experts; the router's prompt embedder runs one torch thread
         # (router_svc --torch-threads 1), so it never oversubscribes them.
-        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // max(1, tasks))
+        self.torch_threads = torch_threads or max(1, (os.cpu_count() or 1) // max(1, tasks * replicas))
         self.expert_args = tuple(expert_args)
         self.router_args = tuple(router_args)
         self.log_dir = Path(log_dir or tempfile.mkdtemp(prefix="moerm-up-"))
@@ -119,6 +123,7 @@ class ProcessCluster:
         self.state_dir = state_dir
         self.router: Child | None = None
         self.supervise = supervise
+        self.replicas = replicas
         self._stopping = threading.Event()
         self._supervisor: threading.Thread | None = None
         self._lock = threading.Lock()
@@ -229,21 +234,24 @@ class ProcessCluster:
             state_url = self.state_redis.url
         aggregator = self._spawn("aggregator", "aggregator_svc")
         experts = {
-            task: self._spawn(
-                f"expert-{task}",
-                "expert_svc",
-                "--task",
-                task,
-                "--torch-threads",
-                str(self.torch_threads),
-                *self.expert_args,
-            )
+            task: [
+                self._spawn(
+                    f"expert-{task}" if self.replicas == 1 else f"expert-{task}-{k}",
+                    "expert_svc",
+                    "--task",
+                    task,
+                    "--torch-threads",
+                    str(self.torch_threads),
+                    *self.expert_args,
+                )
+                for k in range(self.replicas)
+            ]
             for task in self.bundle.manifest.tasks
         }
-        for child in (aggregator, *experts.values()):
+        for child in (aggregator, *(c for replicas in experts.values() for c in replicas)):
             self._wait_port(child, timeout_s)
             wait_serving(f"{self.host}:{child.port}", timeout_s, child)
-        endpoints = ",".join(f"{task}={self.host}:{child.port}" for task, child in experts.items())
+        endpoints = ",".join(f"{task}={self._target(replicas)}" for task, replicas in experts.items())
         self.router = self._spawn(
             "router",
             "router_svc",
@@ -259,6 +267,12 @@ class ProcessCluster:
         )
         self._wait_port(self.router, timeout_s)
         wait_serving(self.address, timeout_s, self.router)
+
+    def _target(self, replicas: list[Child]) -> str:
+        """The router's address of a task's experts: one, or an ``ipv4:`` list (round robin)."""
+        if len(replicas) == 1:
+            return f"{self.host}:{replicas[0].port}"
+        return "ipv4:" + ",".join(f"{self.host}:{child.port}" for child in replicas)
 
     def stop(self, timeout_s: float = 15) -> None:
         self._stopping.set()

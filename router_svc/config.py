@@ -110,6 +110,10 @@ class RouterConfig:
     )
     max_items: int = option(1024, "most items in one Score or Feedback request")
     max_text_chars: int = option(32768, "longest prompt, message or response, in characters")
+    max_item_chars: int = option(
+        131072, "most characters of one item in all (its prompt or messages and its response)"
+    )
+    max_messages: int = option(256, "most messages of one item")
     max_feedback_abs: float = option(
         1e6, "largest |reward| a Feedback item may carry (more: INVALID_ARGUMENT)"
     )
@@ -153,8 +157,12 @@ class RouterConfig:
         parse_norms(self.rm_norm)
         if not -1 <= self.metrics_port <= 65535:
             raise SystemExit("router_svc: --metrics-port must be -1 (off), 0 (any) or a port")
-        if self.max_items < 1 or self.max_text_chars < 1 or self.max_message_mb < 1:
-            raise SystemExit("router_svc: max_items, max_text_chars and max_message_mb must be positive")
+        if self.max_items < 1 or self.max_text_chars < 1 or self.max_message_mb < 1 or self.max_messages < 1:
+            raise SystemExit(
+                "router_svc: max_items, max_text_chars, max_messages and max_message_mb must be positive"
+            )
+        if self.max_item_chars <= self.max_text_chars:
+            raise SystemExit("router_svc: --max-item-chars must exceed --max-text-chars")
         if not (math.isfinite(self.max_feedback_abs) and 0 < self.max_feedback_abs <= 1e150):
             raise SystemExit("router_svc: --max-feedback-abs must be a finite number in (0, 1e150]")
         if self.linucb_lambda <= 0 or self.thompson_lambda0 <= 0 or self.linucb_alpha < 0:

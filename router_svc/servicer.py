@@ -43,6 +43,8 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
             request,
             max_items=config.max_items,
             max_text_chars=config.max_text_chars,
+            max_item_chars=config.max_item_chars,
+            max_messages=config.max_messages,
             default_policy=config.default_policy,
             policies=self.router.policies,
             reward_models=self.router.reward_models,

@@ -47,11 +47,29 @@ def cut_turns(turns: list[Turn], limit: int) -> list[Turn]:
     return [Turn(turn.role, cut_text(turn.content, limit)) for turn in turns]
 
 
+def fit_turns(turns: list[Turn], response: str, max_messages: int, max_item_chars: int) -> list[Turn]:
+    """The most recent turns that fit an item's bounds: at most ``max_messages`` turns and
+    ``max_item_chars`` characters with the response; the oldest kept turn may lose its
+    beginning. At least the end of the latest turn stays (``max_item_chars`` must exceed
+    the response's length)."""
+    budget = max_item_chars - len(response)
+    kept: list[Turn] = []
+    for turn in reversed(turns[-max_messages:]):
+        if len(turn.content) >= budget:
+            kept.append(Turn(turn.role, cut_text(turn.content, budget)))
+            break
+        kept.append(turn)
+        budget -= len(turn.content)
+    return kept[::-1]
+
+
 def parse_request(
     request: reward_pb2.ScoreRequest,
     *,
     max_items: int,
     max_text_chars: int,
+    max_item_chars: int,
+    max_messages: int,
     default_policy: str,
     policies: tuple[str, ...],
     reward_models: tuple[str, ...],
@@ -62,10 +80,13 @@ def parse_request(
     Policies in ``remembered`` keep a decision per item id for Feedback, so their
     caller-given ids must be unique within the request.
 
-    With ``request.per_item_errors`` only request-level problems (items, policy,
-    reward_model) raise; an item with problems is left out of ``items`` and its
-    violations kept in ``rejected``, and a text beyond ``max_text_chars`` is cut to
-    its last ``max_text_chars`` characters and its index kept in ``truncated``.
+    Bounds per item: ``max_text_chars`` per prompt, message or response;
+    ``max_messages`` messages; ``max_item_chars`` characters in all (prompt or messages
+    plus response). With ``request.per_item_errors`` only request-level problems (items,
+    policy, reward_model) raise; an item with problems is left out of ``items`` and its
+    violations kept in ``rejected``, and an item beyond a bound is cut instead (each text
+    to its last ``max_text_chars`` characters, then the most recent turns that fit, see
+    :func:`fit_turns`) and its index kept in ``truncated``.
     """
     if not request.items:
         raise InvalidArgument.field("items", "at least one item is required")
@@ -151,16 +172,31 @@ def parse_request(
             violations.append(FieldViolation(f"{where}.response", "must not be empty"))
         check_text(f"{where}.response", raw.response)
         if not per_item:
+            if len(raw.messages) > max_messages:
+                violations.append(
+                    FieldViolation(
+                        f"{where}.messages",
+                        f"{len(raw.messages)} messages exceed the limit of {max_messages}",
+                    )
+                )
+            chars = len(response) + sum(len(turn.content) for turn in turns)
+            if chars > max_item_chars:
+                violations.append(
+                    FieldViolation(
+                        where, f"{chars} characters in all exceed the limit of {max_item_chars} per item"
+                    )
+                )
             items.append(Item(id=raw.id, turns=tuple(turns), response=response))
             continue
         if len(violations) > before:
             rejected[i] = violations[before:]
             del violations[before:]
             continue
-        cut = cut_turns(turns, max_text_chars)
-        if cut != turns or len(response) > max_text_chars:
+        response_cut = cut_text(response, max_text_chars)
+        cut = fit_turns(cut_turns(turns, max_text_chars), response_cut, max_messages, max_item_chars)
+        if cut != turns or response_cut != response:
             truncated.add(i)
-        items.append(Item(id=raw.id, turns=tuple(cut), response=cut_text(response, max_text_chars)))
+        items.append(Item(id=raw.id, turns=tuple(cut), response=response_cut))
         positions.append(i)
     if violations:
         raise InvalidArgument(violations)

@@ -124,6 +124,8 @@ def _parsed(batch: list[reward_pb2.ScoreItem]):
         reward_pb2.ScoreRequest(items=batch),
         max_items=100,
         max_text_chars=10_000,
+        max_item_chars=100_000,
+        max_messages=256,
         default_policy="task",
         policies=("task",),
         reward_models=(),

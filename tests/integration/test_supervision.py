@@ -101,3 +101,47 @@ def test_services_die_with_a_killed_launcher(minilm_bundle, tmp_path) -> None:
         for pid in pids:  # only if the test failed: the processes it started, by PID
             if alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_with_two_replicas_a_killed_one_costs_no_call(minilm_bundle, tmp_path) -> None:
+    """`moerm up --replicas 2`: the router spreads calls over both experts of a task; one
+    killed under load, the calls retry on the other and all succeed, and it comes back."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ProcessCluster(
+        minilm_bundle, log_dir=tmp_path, torch_threads=1, log_level="WARNING", replicas=2
+    ) as cluster:
+        names = sorted(child.name for child in cluster.children)
+        assert names == [
+            "aggregator",
+            "expert-code-0",
+            "expert-code-1",
+            "expert-writing-0",
+            "expert-writing-1",
+            "router",
+        ]
+        victim = next(child for child in cluster.children if child.name == "expert-writing-0")
+        with grpc.insecure_channel(cluster.address) as channel, ThreadPoolExecutor(4) as pool:
+            stub = reward_pb2_grpc.RewardServiceStub(channel)
+
+            def score(i: int) -> grpc.StatusCode:
+                request = reward_pb2.ScoreRequest(
+                    items=[reward_pb2.ScoreItem(prompt="Write a poem about rain.", response=f"Rain {i}.")],
+                    policy="fixed",
+                    reward_model="dmoerm:writing",
+                )
+                try:
+                    stub.Score(request, timeout=30)
+                    return grpc.StatusCode.OK
+                except grpc.RpcError as error:
+                    return error.code()
+
+            calls = [pool.submit(score, i) for i in range(120)]
+            time.sleep(0.5)
+            os.kill(victim.process.pid, signal.SIGKILL)
+            codes = [call.result() for call in calls]
+        assert codes.count(grpc.StatusCode.OK) == len(codes), sorted({c.name for c in codes})
+        deadline = time.monotonic() + 60
+        while cluster.restarts["expert-writing-0"] < 1 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert cluster.restarts["expert-writing-0"] == 1

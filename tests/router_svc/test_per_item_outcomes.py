@@ -11,6 +11,8 @@ from moerm.v1 import reward_pb2, tensor_pb2
 from router_svc.validation import parse_request
 
 MAX_CHARS = 50
+MAX_ITEM_CHARS = 120
+MAX_MESSAGES = 3
 
 
 def parse(*items: reward_pb2.ScoreItem, **options):
@@ -18,6 +20,8 @@ def parse(*items: reward_pb2.ScoreItem, **options):
         reward_pb2.ScoreRequest(items=list(items), **options),
         max_items=8,
         max_text_chars=MAX_CHARS,
+        max_item_chars=MAX_ITEM_CHARS,
+        max_messages=MAX_MESSAGES,
         default_policy="task",
         policies=("task", "fixed", "linucb"),
         reward_models=("dmoerm:code",),
@@ -56,6 +60,24 @@ def test_long_texts_are_cut_keeping_their_end():
     assert first.response == response[-MAX_CHARS:] and first.response.endswith("THE ANSWER IS 42")
     assert first.turns[0].content == prompt[-MAX_CHARS:]
     assert call.truncated == frozenset({0})
+
+
+def test_an_item_beyond_its_bounds_keeps_its_most_recent_turns():
+    turns = [("user", "u1" * 20), ("assistant", "a1" * 20), ("user", "u2" * 20), ("assistant", "a2" * 20)]
+    many = reward_pb2.ScoreItem(
+        messages=[tensor_pb2.Message(role=r, content=c) for r, c in turns], response="r" * 30
+    )
+    call = parse(many, reward_pb2.ScoreItem(prompt="short", response="short"), per_item_errors=True)
+    kept = call.items[0].turns
+    # 3 messages at most, 120 characters with the 30 of the response: the last two turns
+    # (80) whole, and the last 10 characters of the one before them.
+    assert [turn.role for turn in kept] == ["assistant", "user", "assistant"]
+    assert [turn.content for turn in kept] == ["a1" * 5, "u2" * 20, "a2" * 20]
+    assert call.items[0].response == "r" * 30
+    assert call.truncated == frozenset({0})
+    with pytest.raises(InvalidArgument) as error:  # without per-item errors: the bounds reject
+        parse(many)
+    assert [v.field for v in error.value.violations] == ["items[0].messages", "items[0]"]
 
 
 def test_without_per_item_errors_one_bad_item_fails_the_request():

@@ -12,6 +12,8 @@ from router_svc.validation import MAX_ID_CHARS, parse_feedback, parse_request
 
 MAX_ITEMS = 4
 MAX_CHARS = 50
+MAX_ITEM_CHARS = 120
+MAX_MESSAGES = 3
 POLICIES = ("task", "fixed", "linucb", "mean")
 REMEMBERED = ("linucb", "mean")
 REWARD_MODELS = ("dmoerm:code", "dmoerm:writing")
@@ -22,6 +24,8 @@ def parse(request: reward_pb2.ScoreRequest):
         request,
         max_items=MAX_ITEMS,
         max_text_chars=MAX_CHARS,
+        max_item_chars=MAX_ITEM_CHARS,
+        max_messages=MAX_MESSAGES,
         default_policy="task",
         policies=POLICIES,
         reward_models=REWARD_MODELS,
