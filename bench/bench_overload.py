@@ -23,7 +23,7 @@ not depend on the weights), started with ``moerm up`` (ProcessCluster, supervise
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_overload.py [--quick]
 
 Writes ``bench/results/overload-minilm-cpu.{md,json}``. Run it on an idle machine
-(``uptime``); about 4 minutes.
+(``uptime``); about 6 minutes.
 """
 
 from __future__ import annotations

@@ -14,7 +14,9 @@ private state server (``EmbeddedRedis.for_state``: noeviction, in memory):
 - **full log**: the same events logged with compaction off; at each checkpoint a new
   replica replays the whole log.
 
-Redis memory is the server's ``used_memory`` with only that namespace in it.
+Redis memory is the server's ``used_memory`` with only that namespace in it: the log's
+list and the snapshot, and one ``done`` marker per event (they expire after
+``--decision-ttl-s``, a day by default, so they grow with a day's traffic, not forever).
 
     HF_HUB_OFFLINE=1 .venv/bin/python bench/bench_state_restart.py [--quick]
 
