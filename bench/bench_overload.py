@@ -199,6 +199,10 @@ async def drive(cluster, args, report: dict) -> None:
         )
         killed_at = await killer()
         await loop_task
+        # The restarted process: launched after the backoff, serving after its start-up
+        # (imports and model load), both as wall times from its log's "serving" line.
+        launched_wall = time.time() - (time.monotonic() - victim.started_at)
+        serving_wall = last_serving_wall(victim.log_file)
         writing = sorted((c for c in kill.calls if c.task == "writing"), key=lambda c: c.started)
         failed = [c for c in writing if c.started >= killed_at and c.code != "OK"]
         back = next((c for c in writing if c.started >= killed_at and c.code == "OK"), None)
@@ -209,6 +213,8 @@ async def drive(cluster, args, report: dict) -> None:
             "writing_failure_p99_ms": 1000 * quantile([c.latency for c in failed], 0.99),
             "writing_back_after_s": (back.started + back.latency - killed_at) if back else None,
             "writing_expert_load_s": load_seconds(victim.log_file, load_line),
+            "writing_restart_backoff_s": launched_wall - (time.time() - (time.monotonic() - killed_at)),
+            "writing_startup_s": None if serving_wall is None else serving_wall - launched_wall,
             "code_calls_after_kill": len(code_after),
             "code_calls_ok_after_kill": sum(c.code == "OK" for c in code_after),
             "restarts": cluster.restarts,
@@ -253,12 +259,32 @@ async def drive_replicas(cluster, args, report: dict) -> None:
     print(json.dumps(report["replicas"], indent=1), flush=True)
 
 
+def last_serving_wall(log_file: Path) -> float | None:
+    """Wall time of the log's last "serving" line (the restarted process's)."""
+    import datetime
+    import re
+
+    found = re.findall(
+        r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) INFO moerm.server: serving$",
+        log_file.read_text(errors="replace"),
+        flags=re.M,
+    )
+    if not found:
+        return None
+    stamp, millis = found[-1]
+    return datetime.datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S").timestamp() + int(millis) / 1000
+
+
 def load_seconds(log_file: Path, _: str) -> float | None:
     """The restarted expert's model load time, from its log ("... loaded in X.Xs")."""
     import re
 
     found = re.findall(r"loaded in ([0-9.]+)\s*s", log_file.read_text(errors="replace"))
     return float(found[-1]) if found else None
+
+
+def fmt(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"
 
 
 def render(report: dict) -> str:
@@ -293,11 +319,14 @@ def render(report: dict) -> str:
         "### The only `writing` expert killed (SIGKILL) under load on both tasks",
         "",
         "| writing calls failed while down | their codes | their p99 ms | writing back after s "
-        "| its load time s | code calls after the kill (OK) | restarts |",
-        "|---:|---|---:|---:|---:|---:|---|",
+        "| restart backoff s | its start-up s (model load s) | back after, beyond backoff and start-up s "
+        "| code calls after the kill (OK) | restarts |",
+        "|---:|---|---:|---:|---:|---:|---:|---:|---|",
         f"| {k['writing_calls_failed_while_down']} | {k['writing_failure_codes']} "
         f"| {k['writing_failure_p99_ms']:.0f} | {'never' if back is None else f'{back:.1f}'} "
-        f"| {k['writing_expert_load_s']} | {k['code_calls_after_kill']} ({k['code_calls_ok_after_kill']}) "
+        f"| {k['writing_restart_backoff_s']:.1f} | {fmt(k['writing_startup_s'])} ({k['writing_expert_load_s']}) "
+        f"| {fmt(None if back is None or k['writing_startup_s'] is None else back - k['writing_restart_backoff_s'] - k['writing_startup_s'])} "
+        f"| {k['code_calls_after_kill']} ({k['code_calls_ok_after_kill']}) "
         f"| {k['restarts']} |",
     ]
     if "replicas" in report:

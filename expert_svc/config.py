@@ -36,7 +36,7 @@ class ExpertConfig:
         "reject a call at once (RESOURCE_EXHAUSTED) when the queue's expected wait exceeds this or its deadline",
     )
     deadline_share: float = option(
-        0.8,
+        0.5,
         "share of a call's remaining deadline its expected queue wait may take (the rest: aggregation, "
         "replies, and the rate estimate's error)",
     )

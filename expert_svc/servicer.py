@@ -78,6 +78,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             raise Unavailable(f"expert {self.scorer.task.name!r} is still loading its model")
         self._check(request)
         items = parse_items(request, min(self.max_request_items, self.batcher.max_queue_items))
+        self.batcher.admit(len(items), 0.0, context.time_remaining())  # overloaded: reject before tokenizing
         loop = asyncio.get_running_loop()
         prepared, costs = await loop.run_in_executor(self._prepare, self._prepared, items)
         scores, hidden, base = await self.batcher.submit(

@@ -160,6 +160,33 @@ class DynamicBatcher:
         """Expected seconds until work of ``cost`` tokens submitted now is done."""
         return self.rate.seconds_for(self._queued_cost + cost)
 
+    def admit(self, items: int, cost: float, time_left_s: float | None) -> None:
+        """Raise unless ``items`` items of ``cost`` tokens may queue now: the queue has room
+        and they are expected to finish within ``deadline_share`` of ``time_left_s`` (the
+        caller's remaining deadline; None: none) and within ``max_wait_s``. Callers may ask
+        before they prepare a request (cost 0: the queue alone), so that a request that
+        cannot be served costs no tokenizing."""
+        if self._worker is None:
+            raise Unavailable("batcher not running")
+        if self._queued_items + items > self.max_queue_items:
+            self.metrics.rejected.inc()
+            raise ResourceExhausted(
+                f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
+            )
+        if time_left_s is not None and time_left_s <= 0:
+            raise DeadlineExceeded("the caller's deadline passed before its items were queued")
+        wait = self.expected_wait_s(cost)
+        share = self.deadline_share * time_left_s if time_left_s is not None else float("inf")
+        bound = min(self.max_wait_s, share)
+        if wait > bound:
+            self.metrics.rejected_late.inc()
+            limit = (
+                f"{self.deadline_share:g} of the remaining deadline is {bound:.1f}s"
+                if share < self.max_wait_s
+                else f"the bound is {bound:.1f}s"
+            )
+            raise ResourceExhausted(f"expert overloaded: expected to finish in {wait:.1f}s; {limit}")
+
     async def submit(
         self,
         items: Sequence[Any],
@@ -171,26 +198,9 @@ class DynamicBatcher:
         ``costs``: each item's tokens (default 1). ``time_left_s``: the caller's
         remaining deadline; the request is rejected at once when it is not expected to
         finish within ``deadline_share`` of it (or within ``max_wait_s``)."""
-        if self._worker is None:
-            raise Unavailable("batcher not running")
-        if self._queued_items + len(items) > self.max_queue_items:
-            self.metrics.rejected.inc()
-            raise ResourceExhausted(
-                f"expert queue full ({self._queued_items} items queued, limit {self.max_queue_items})"
-            )
-        if time_left_s is not None and time_left_s <= 0:
-            raise DeadlineExceeded("the caller's deadline passed before its items were queued")
         costs = list(costs) if costs is not None else [1.0] * len(items)
         cost = float(sum(costs))
-        wait = self.expected_wait_s(cost)
-        share = self.deadline_share * time_left_s if time_left_s is not None else float("inf")
-        bound = min(self.max_wait_s, share)
-        if wait > bound:
-            self.metrics.rejected_late.inc()
-            raise ResourceExhausted(
-                f"expert overloaded: expected to finish in {wait:.1f}s, "
-                f"{'the deadline is' if bound != self.max_wait_s else 'the bound is'} {bound:.1f}s"
-            )
+        self.admit(len(items), cost, time_left_s)
         loop = asyncio.get_running_loop()
         pending = _Pending(items, costs, loop.create_future(), submitted=loop.time())
         self._queued_items += len(items)

@@ -70,6 +70,9 @@ log "train all"
 timed time-train.txt "$moerm" train all --work "$recipe" --labels "${labels[@]}" --out "$run/bundle" --no-progress "$@"
 mkdir -p "reports/$name"
 [ -n "${CONTRAST:-}" ] && cp "$run/contrast.stats.md" "reports/$name/contrast-train-stats.md"
+log "evaluate"
+timed time-evaluate.txt "$moerm" evaluate --work "$recipe" --labels "${labels[@]}" --bundle "$run/bundle" \
+  --out "reports/$name" --command-line "${CONTRAST:+CONTRAST=$CONTRAST${CONTRAST_TEST:+ CONTRAST_TEST=$CONTRAST_TEST} }reports/run_recipe.sh $name $*" "$@"
 if [ -n "${CONTRAST:-}" ]; then
   log "evaluate-contrast"
   max_length=256
@@ -78,9 +81,6 @@ if [ -n "${CONTRAST:-}" ]; then
     --max-per-family "${CONTRAST_TEST:-$CONTRAST}" --max-length "$max_length" --out "reports/$name" \
     --command-line "CONTRAST=$CONTRAST${CONTRAST_TEST:+ CONTRAST_TEST=$CONTRAST_TEST} reports/run_recipe.sh $name $* (its evaluate-contrast step)" >/dev/null
 fi
-log "evaluate"
-timed time-evaluate.txt "$moerm" evaluate --work "$recipe" --labels "${labels[@]}" --bundle "$run/bundle" \
-  --out "reports/$name" --command-line "${CONTRAST:+CONTRAST=$CONTRAST${CONTRAST_TEST:+ CONTRAST_TEST=$CONTRAST_TEST} }reports/run_recipe.sh $name $*" "$@"
 cp "$recipe/split.json" "reports/$name/split.json"
 for step in train evaluate-contrast evaluate; do
   [ -f "$run/time-$step.txt" ] && echo "$step: $(cat "$run/time-$step.txt")" >> "reports/$name/resources.txt"

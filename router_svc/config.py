@@ -11,13 +11,20 @@ from moerm.routing import policies
 
 
 def parse_endpoints(pairs: tuple[str, ...], what: str = "TASK") -> dict[str, str]:
-    """("code=host:port", ...) -> {"code": "host:port"}."""
-    endpoints = {}
+    """("code=host:port", ...) -> {"code": "host:port"}. An address list of replicas,
+    ``code=ipv4:HOST:PORT,HOST:PORT``, arrives split at its commas: a part without ``=``
+    after an ``ipv4:``/``ipv6:`` address continues that list."""
+    endpoints: dict[str, str] = {}
+    last = ""
     for pair in pairs:
         name, sep, address = pair.partition("=")
+        if not sep and last and endpoints[last].startswith(("ipv4:", "ipv6:")) and pair.strip():
+            endpoints[last] += "," + pair.strip()
+            continue
         if not sep or not name.strip() or not address.strip():
             raise SystemExit(f"router_svc: expected {what}=HOST:PORT, got {pair!r}")
-        endpoints[name.strip()] = address.strip()
+        last = name.strip()
+        endpoints[last] = address.strip()
     return endpoints
 
 
@@ -46,7 +53,9 @@ class RouterConfig:
 
     bundle: str = option("", "bundle directory")
     experts: tuple[str, ...] = option(
-        (), "expert addresses, TASK=HOST:PORT, comma-separated (dns:/// targets round-robin)"
+        (),
+        "expert addresses, TASK=HOST:PORT, comma-separated; replicas: TASK=ipv4:HOST:PORT,HOST:PORT "
+        "or a dns:/// target (round-robin)",
     )
     aggregator: str = option("", "aggregator address HOST:PORT")
     external: tuple[str, ...] = option(

@@ -41,3 +41,25 @@ def test_expert_channels_balance_and_retry(wait: bool) -> None:
     assert method["waitForReady"] is wait
     assert method["retryPolicy"]["retryableStatusCodes"] == ["UNAVAILABLE"]
     assert {"service": "moerm.v1.ExpertService"} in method["name"]
+
+
+def test_replica_address_lists_survive_the_comma_separated_flag() -> None:
+    config = parse_config(
+        RouterConfig,
+        [
+            "--bundle",
+            "b",
+            "--aggregator",
+            "a:1",
+            "--experts",
+            "code=ipv4:127.0.0.1:1,127.0.0.1:2,writing=h:3",
+        ],
+        prog="router_svc",
+    )
+    assert config.expert_endpoints == {"code": "ipv4:127.0.0.1:1,127.0.0.1:2", "writing": "h:3"}
+    with pytest.raises(SystemExit, match="TASK=HOST:PORT"):  # a stray part after a plain address
+        assert not parse_config(
+            RouterConfig,
+            ["--bundle", "b", "--aggregator", "a:1", "--experts", "code=h:1,h:2"],
+            prog="router_svc",
+        ).expert_endpoints
