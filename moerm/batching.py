@@ -13,10 +13,12 @@ the previous batch did (a lone caller refills it at once and waits for nobody). 
 thread, never on the event loop. Callers that have gone (cancelled, or past their
 deadline) are dropped before their items run.
 
-Fairness: a request that does not fit in a batch goes, with the items it has left,
-behind every request that arrived while that batch ran, so one caller's large request
-is interleaved batch by batch with the other callers' work instead of blocking them
-until it is done (and a GRPO group still fills a batch together, for prefix sharing).
+Fairness: a request larger than a batch goes, with the items it has left, behind every
+request that arrived while its batch ran, so one caller's large request is interleaved
+batch by batch with the other callers' work instead of blocking them until it is done
+(and a GRPO group still fills a batch together, for prefix sharing). A request no larger
+than a batch that only straddled a batch's end keeps its place at the head: requests of
+ordinary size are served in order, as admission's estimate assumes.
 
 Admission: the batcher measures its service rate (tokens per second over recent
 batches). A request is rejected at once (RESOURCE_EXHAUSTED) when the expected wait
@@ -219,10 +221,16 @@ class DynamicBatcher:
             self._queued_items -= len(gone.items) - gone.taken
             self._queued_cost -= sum(gone.costs[gone.taken :])
 
+    def _large(self, pending: _Pending) -> bool:
+        """More than one batch holds: its rest gives way to later callers."""
+        return len(pending.items) > self.max_batch_size or sum(pending.costs) > self.max_batch_tokens
+
     def _fill(self, batch: list[_Slice], size: int, tokens: float) -> tuple[int, float, bool]:
         """Move queued items into ``batch`` while they fit; True when the batch is full.
-        A request with items left over waits for the next batch behind every request
-        that arrives meanwhile (:meth:`_collect` queues it again)."""
+        A large request (more than a batch) with items left over waits for the next batch
+        behind every request that arrives meanwhile (:meth:`_collect` queues it again); a
+        request that only straddled this batch's end keeps its place at the head, so that
+        a request no larger than a batch is served in order (what admission expects)."""
         while True:
             self._drop_gone()
             if not self._queue:
@@ -237,10 +245,12 @@ class DynamicBatcher:
             if end > start:
                 batch.append(_Slice(pending, start, end))
                 pending.taken = end
-            self._queue.popleft()
             if pending.taken < len(pending.items):
-                self._resume.append(pending)
+                if self._large(pending):
+                    self._queue.popleft()
+                    self._resume.append(pending)
                 return size, tokens, True
+            self._queue.popleft()
 
     async def _collect(self) -> tuple[list[_Slice], float]:
         loop = asyncio.get_running_loop()

@@ -184,6 +184,22 @@ async def test_a_split_request_shares_batches_with_the_next(make, fn: Recorder) 
     assert fn.calls == [[1, 2, 3, 4], [5, 6]]
 
 
+async def test_a_request_that_straddles_a_batch_keeps_its_place(make, fn: Recorder) -> None:
+    """[4, 5, 6] fits in a batch but straddled the first one's end: its rest runs before
+    [7, 8], which arrived while the first batch ran (served in order, as admission
+    expects); only a request larger than a batch gives way (the test below)."""
+    batcher = make(max_batch_size=4, max_delay_s=0.0)
+    fn.gate = threading.Event()
+    first = asyncio.gather(batcher.submit([1, 2, 3]), batcher.submit([4, 5, 6]))
+    await asyncio.to_thread(fn.entered.wait, 5)
+    later = asyncio.create_task(batcher.submit([7, 8]))
+    await asyncio.sleep(0.05)
+    fn.gate.set()
+    await first
+    check([7, 8], await later)
+    assert fn.calls == [[1, 2, 3, 4], [5, 6, 7, 8]]
+
+
 async def test_a_cancelled_caller_is_not_computed(make, fn: Recorder) -> None:
     batcher = make(max_batch_size=2, max_delay_s=0.01)
     fn.gate = threading.Event()
