@@ -83,15 +83,16 @@ class MemberScore:
     already normalized with the bundle's TaskSpec norm); the pool's normalization is
     applied when answering, so a changed ``--rm-norm`` needs no cache flush.
     ``capabilities``: the expert breakdown (dmoerm), the score columns (external), or
-    empty (base).
+    empty (base). ``truncated``: the reward model cut the item to its context.
     """
 
     raw: float
     capabilities: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    truncated: bool = False
 
     def to_cache(self) -> dict:
-        return {"r": self.raw, "caps": self.capabilities}
+        return {"r": self.raw, "caps": self.capabilities, "t": self.truncated}
 
     @classmethod
     def from_cache(cls, value: dict | None) -> MemberScore | None:
@@ -101,9 +102,10 @@ class MemberScore:
         try:
             raw = float(value["r"])
             caps = {str(k): float(v) for k, v in value["caps"].items()}
+            truncated = bool(value.get("t", False))
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        return cls(raw, caps, cached=True) if np.isfinite(raw) else None
+        return cls(raw, caps, cached=True, truncated=truncated) if np.isfinite(raw) else None
 
 
 @dataclass(frozen=True)
@@ -209,6 +211,12 @@ def _tensor(tensor: tensor_pb2.Tensor, shape: tuple[int, ...], what: str, name: 
     return values
 
 
+def _truncated(reply: expert_pb2.ExpertResponse, n: int) -> list[bool]:
+    """The reply's per-item truncation flags (all False from a service that gives none)."""
+    flags = list(reply.truncated)
+    return flags if len(flags) == n else [False] * n
+
+
 RECHECK_S = 1.0  # a target that just failed is left out of choices this long
 
 
@@ -312,13 +320,16 @@ class Downstream:
                 if scores.ndim != 2 or scores.shape[1] < 1:
                     raise Unavailable(f"{call.what} returned scores of shape {scores.shape}, expected (B, K)")
                 names = list(reply.capabilities) if len(reply.capabilities) == scores.shape[1] else []
-                for j, row in zip(call.rows, scores, strict=True):
-                    out[j] = MemberScore(float(row[0]), dict(zip(names, map(float, row), strict=True)))
+                for j, row, cut in zip(call.rows, scores, _truncated(reply, n), strict=True):
+                    caps = dict(zip(names, map(float, row), strict=True))
+                    out[j] = MemberScore(float(row[0]), caps, truncated=cut)
                 continue
             if call.kind == BASE or call.base_rows:
                 base = _tensor(reply.base_scores, (n,), call.what, "base scores")
-                for j, value in zip(call.base_rows or call.rows, base, strict=True):
-                    out[j] = MemberScore(float(value))
+                for j, value, cut in zip(
+                    call.base_rows or call.rows, base, _truncated(reply, n), strict=True
+                ):
+                    out[j] = MemberScore(float(value), truncated=cut)
             if call.kind == "experts":
                 experts.append((call, reply))
         if experts:
@@ -368,8 +379,10 @@ class Downstream:
             rewards = np.asarray(batch.rewards, dtype=np.float32)
             if rewards.shape != (n,) or not np.isfinite(rewards).all():
                 raise Unavailable(f"the aggregator returned bad rewards for task {call.target!r}")
-            for j, row, reward in zip(call.rows, scores, rewards, strict=True):
-                out[j] = MemberScore(float(reward), dict(zip(caps, map(float, row), strict=True)))
+            for j, row, reward, cut in zip(call.rows, scores, rewards, _truncated(reply, n), strict=True):
+                out[j] = MemberScore(
+                    float(reward), dict(zip(caps, map(float, row), strict=True)), truncated=cut
+                )
 
     async def close(self) -> None:
         for channel in self._channels:

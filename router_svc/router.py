@@ -64,6 +64,7 @@ class ItemScore:
     cached: bool = False
     member_rewards: dict[str, float] = field(default_factory=dict)  # ensembles only
     missing: tuple[str, ...] = ()  # ensembles only: members that were unavailable
+    truncated: bool = False  # a reward model cut the item to its context
 
 
 @dataclass(frozen=True)
@@ -296,6 +297,7 @@ class Router:
             reward_models=(name,),
             policy=policy,
             cached=score.cached,
+            truncated=score.truncated,
         )
 
     def _ensemble(self, rule: str, scores: dict[str, MemberScore], route: Route) -> ItemScore:
@@ -318,6 +320,7 @@ class Router:
             cached=all(scores[name].cached for name in names),
             member_rewards=dict(zip(names, normalized.tolist(), strict=True)),
             missing=tuple(name for name in self.pool.names if name not in scores),
+            truncated=any(scores[name].truncated for name in names),
         )
 
     async def _remember(
