@@ -110,11 +110,15 @@ class Router:
         self.loaded = False
 
     async def load(self) -> None:
-        """Load the embedder, describe the external reward models, catch up with the
-        bandit log. Score answers UNAVAILABLE until this is done."""
+        """Load the embedder, describe the external reward models (those over gRPC),
+        catch up with the bandit log. Score answers UNAVAILABLE until this is done."""
         await asyncio.to_thread(self.classifier.load)
         self.contexts.start()
         for spec in self.pool.externals():
+            if spec.over_http:  # OpenRLHF's protocol has no Describe
+                if spec.scale.source == "none":
+                    log.warning("HTTP reward model %r: no --rm-norm given; using raw rewards", spec.name)
+                continue
             description = await self.downstream.describe(spec.name, self.config.describe_timeout_s)
             declared = (
                 RewardScale(description.norm_mean, description.norm_std, "describe")
