@@ -10,7 +10,9 @@ kept) and the templated prompts. Each query is split back into the conversation 
 the response (:func:`moerm.integrations.templates.split_query`), so moerm's experts
 apply their own template once, and scored with per-item outcomes; concurrent calls
 of this process share Score requests. An item moerm cannot score gets
-``MOERM_FAILED_REWARD`` (default 0.0) and ``moerm_ok`` 0 in ``extra_logs``.
+``MOERM_FAILED_REWARD`` (default 0.0) and ``moerm_ok`` 0 in ``extra_logs``. A router
+with tokens or TLS: ``MOERM_TOKEN`` (or ``MOERM_TOKEN_FILE``) and ``MOERM_ROUTER_TLS*``
+(:func:`moerm.client.connection_from_env`).
 
 Without a Python import into the trainer, ``python -m gateway_svc`` serves the same
 over HTTP (``--reward.remote_url http://HOST:5000/get_reward``).
@@ -22,6 +24,7 @@ import os
 
 import torch
 
+from moerm.client import connection_from_env
 from moerm.integrations.coalescing import CoalescingClient
 from moerm.integrations.templates import split_query
 from moerm.v1 import reward_pb2, tensor_pb2
@@ -36,6 +39,7 @@ def client() -> CoalescingClient:
             os.environ.get("MOERM_ADDRESS", "127.0.0.1:50051"),
             policy=os.environ.get("MOERM_POLICY", ""),
             reward_model=os.environ.get("MOERM_REWARD_MODEL", ""),
+            **connection_from_env(),
         )
     return _client
 

@@ -20,9 +20,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from expert_svc.scorer import ExpertInput, PreparedItem
+from expert_svc.scorer import ExpertInput, PreparedItem, leading_special_tokens, prepared
 from moerm.devices import Placement, resolve
-from moerm.text import render
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +30,6 @@ log = logging.getLogger(__name__)
 class HFTask:
     name: str
     capability_names: tuple[str, ...]
-
-
-def keep_within(ids: Sequence[int], limit: int) -> tuple[int, ...]:
-    """At most ``limit`` ids: the first and the latest ``limit - 1`` (the response's end
-    and the most recent turns)."""
-    if len(ids) <= limit:
-        return tuple(ids)
-    return (ids[0], *ids[len(ids) - limit + 1 :])
 
 
 class HFScorer:
@@ -66,6 +57,7 @@ class HFScorer:
         self.dtype = dtype
         self.model = None
         self.tokenizer = None
+        self.head = 0  # leading special tokens kept when an item is cut
         self.placement: Placement | None = None
         self.task = HFTask(name, ("score",))
         self.version = ""
@@ -104,6 +96,7 @@ class HFScorer:
         self.task = HFTask(self.name, tuple(str(label) for label in labels))
         self.version = f"{config.model_type}@{int((self.path / 'config.json').stat().st_mtime)}"
         self.tokenizer, self.placement = tokenizer, placement
+        self.head = leading_special_tokens(tokenizer)
         self.model = model.to(placement.device).eval()
         log.info(
             "%s: %s (%s, %d score columns) loaded in %.1fs on %s, context %d tokens",
@@ -117,12 +110,7 @@ class HFScorer:
         )
 
     def prepare(self, items: Sequence[ExpertInput]) -> list[PreparedItem]:
-        texts = [render(self.tokenizer, item.turns, item.response) for item in items]
-        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        return [
-            PreparedItem(keep_within(ids, self.max_length), item.turns, item.experts, item.base)
-            for ids, item in zip(encoded, items, strict=True)
-        ]
+        return prepared(self.tokenizer, items, self.max_length, self.head)
 
     def costs(self, items: Sequence[PreparedItem]) -> list[float]:
         return [float(len(item.ids)) for item in items]

@@ -47,12 +47,44 @@ class ExpertInput:
 @dataclass(frozen=True)
 class PreparedItem:
     """An item as tokens (the rendered conversation and response, the oldest tokens
-    dropped beyond the context limit) and what to compute for it."""
+    dropped beyond the context limit) and what to compute for it. ``truncated``:
+    tokens were dropped."""
 
     ids: tuple[int, ...]
     conversation: tuple[Turn, ...]  # items with the same one may share a prefix
     experts: bool
     base: bool
+    truncated: bool = False
+
+
+def leading_special_tokens(tokenizer) -> int:
+    """How many special tokens the tokenizer puts before a text ([CLS], <s>; 0 for none)."""
+    plain = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a", add_special_tokens=True)["input_ids"]
+    for start in range(len(full) - len(plain) + 1):
+        if full[start : start + len(plain)] == plain:
+            return start
+    return 0
+
+
+def keep_within(ids: Sequence[int], limit: int, head: int = 0) -> tuple[tuple[int, ...], bool]:
+    """(at most ``limit`` ids, whether any was dropped): beyond ``limit`` the first
+    ``head`` (the leading special tokens) and the latest ``limit - head`` (the
+    response's end and the most recent turns), as the training's left truncation
+    keeps them."""
+    if len(ids) <= limit:
+        return tuple(ids), False
+    return (*ids[:head], *ids[len(ids) - limit + head :]), True
+
+
+def prepared(tokenizer, items: Sequence[ExpertInput], limit: int, head: int) -> list[PreparedItem]:
+    """Render and tokenize ``items``, each cut to ``limit`` tokens by :func:`keep_within`."""
+    texts = [render(tokenizer, item.turns, item.response) for item in items]
+    out = []
+    for ids, item in zip(tokenizer(texts, add_special_tokens=True)["input_ids"], items, strict=True):
+        kept, cut = keep_within(ids, limit, head)
+        out.append(PreparedItem(kept, item.turns, item.experts, item.base, cut))
+    return out
 
 
 class ExpertScorer:
@@ -88,6 +120,7 @@ class ExpertScorer:
         self.base_model = None
         self.base_head = None
         self.tokenizer = None
+        self.head = 0  # leading special tokens kept when an item is cut
 
     @property
     def capabilities(self) -> tuple[str, ...]:
@@ -154,6 +187,7 @@ class ExpertScorer:
                 f"expert_svc: the tokenizer of {self.bundle.manifest.backbone.ref} has no pad token"
             )
         self.tokenizer = tokenizer
+        self.head = leading_special_tokens(tokenizer)
         self.placement = placement
         self.experts = experts
         log.info(
@@ -172,13 +206,9 @@ class ExpertScorer:
 
     def prepare(self, items: Sequence[ExpertInput]) -> list[PreparedItem]:
         """Render and tokenize; beyond the context limit the oldest tokens are dropped
-        (the response is kept)."""
-        texts = [render(self.tokenizer, item.turns, item.response) for item in items]
-        encoded = self.tokenizer(texts, add_special_tokens=True)["input_ids"]
-        return [
-            PreparedItem(tuple(ids[-self.max_length :]), item.turns, item.experts, item.base)
-            for ids, item in zip(encoded, items, strict=True)
-        ]
+        (the leading special tokens and the response's end are kept) and the item is
+        marked truncated."""
+        return prepared(self.tokenizer, items, self.max_length, self.head)
 
     def costs(self, items: Sequence[PreparedItem]) -> list[float]:
         """Tokens each item will cost in a batch (its share of a prefix it shares)."""

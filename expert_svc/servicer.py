@@ -88,6 +88,7 @@ class ExpertServicer(expert_pb2_grpc.ExpertServiceServicer):
             task=self.scorer.task.name,
             capabilities=self.scorer.capabilities,
             bundle_version=self.scorer.version,
+            truncated=[item.truncated for item in prepared],
         )
         if not request.base_only:
             response.scores.CopyFrom(to_proto(scores))

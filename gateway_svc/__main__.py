@@ -9,6 +9,7 @@ from pathlib import Path
 from gateway_svc.app import GatewayServer
 from gateway_svc.config import GatewayConfig
 from moerm.config import parse_config
+from moerm.processes import die_with_parent
 from moerm.server import setup_logging
 
 
@@ -24,6 +25,7 @@ async def serve(config: GatewayConfig) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    die_with_parent()  # started by `moerm up`: stop when it dies, however it dies
     config = parse_config(GatewayConfig, argv, prog="gateway_svc")
     setup_logging(config.log_level)
     asyncio.run(serve(config))

@@ -9,7 +9,9 @@ Each query is split back into turns and a response
 backbone's template once. Items are scored with per-item outcomes through a
 :class:`~moerm.integrations.coalescing.CoalescingClient`, so concurrent requests of
 several trainer workers share Score calls. ``GET /health`` is 200 while the router's
-gRPC health check says SERVING, else 503.
+gRPC health check says SERVING, else 503. A router with tokens or TLS is reached with
+``MOERM_TOKEN`` (or ``MOERM_TOKEN_FILE``) and ``MOERM_ROUTER_TLS*``
+(:func:`moerm.client.connection_from_env`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 
 from gateway_svc.config import GatewayConfig
+from moerm.client import channel_options, connection_from_env
 from moerm.integrations.coalescing import CoalescingClient
 from moerm.integrations.templates import split_query
 from moerm.v1 import reward_pb2, tensor_pb2
@@ -98,6 +101,7 @@ class Gateway:
     @asynccontextmanager
     async def _lifespan(self, app):
         config = self.config
+        connection = connection_from_env()
         self.client = CoalescingClient(
             config.router,
             policy=config.policy,
@@ -106,8 +110,14 @@ class Gateway:
             max_items=config.max_items,
             timeout_s=config.timeout_s,
             raise_errors=True,
+            **connection,
         )
-        self._health_channel = grpc.aio.insecure_channel(config.router)
+        options = channel_options(connection["server_name"])
+        self._health_channel = (
+            grpc.aio.insecure_channel(config.router, options=options)
+            if connection["credentials"] is None
+            else grpc.aio.secure_channel(config.router, connection["credentials"], options=options)
+        )
         try:
             yield
         finally:

@@ -163,10 +163,13 @@ def cmd_up(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         state_dir=args.state_dir or None,
         replicas=args.replicas,
+        gateway_port=args.gateway_port,
     )
     print(f"starting moerm from {bundle} (logs in {cluster.log_dir}) ...", file=sys.stderr)
     with cluster:
         print(f"router listening on {cluster.address}", flush=True)
+        if cluster.gateway is not None:
+            print(f"OpenRLHF reward URL: {cluster.gateway_url}/get_reward", flush=True)
         print("press Ctrl-C to stop", file=sys.stderr, flush=True)
         _wait_for_signal()
         print("stopping ...", file=sys.stderr)
@@ -344,7 +347,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="moerm", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    up = sub.add_parser("up", help="start router, experts, aggregator and cache on loopback")
+    up = sub.add_parser(
+        "up", help="start router, experts, aggregator and cache (and the HTTP gateway) on loopback"
+    )
     up.add_argument("--bundle", help="bundle directory (default: the demo bundle, created on first use)")
     up.add_argument("--port", type=int, default=50051, help="router port (0: any free port)")
     up.add_argument("--host", default="127.0.0.1", help="address to bind")
@@ -361,6 +366,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=1,
         help="expert processes per task; the router spreads calls over them round-robin and retries "
         "a call on another replica when one dies",
+    )
+    up.add_argument(
+        "--gateway-port",
+        type=int,
+        default=None,
+        help="also start the HTTP gateway (OpenRLHF's /get_reward) on this port (0: any free port; "
+        "default: no gateway)",
     )
     up.add_argument("--log-dir", help="where the services write their logs (default: a temp folder)")
     up.add_argument("--log-level", default="INFO")

@@ -18,7 +18,8 @@ a retry to another), or one ``dns:///`` name that resolves to every replica (its
 addresses are balanced round-robin). ``token`` is sent as ``authorization: Bearer
 <token>`` (a ``score`` token for Score, ``feedback`` for Feedback); ``credentials``
 (:func:`moerm.security.channel_credentials`) turns TLS on, ``server_name``
-overrides the name the router's certificate must carry.
+overrides the name the router's certificate must carry; :func:`connection_from_env`
+reads all three from ``MOERM_*`` variables (the trainer adapters use it).
 """
 
 from __future__ import annotations
@@ -26,15 +27,18 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import grpc
 
+from moerm.security import SecurityConfigError, TlsFiles, channel_credentials
 from moerm.v1 import reward_pb2, reward_pb2_grpc, tensor_pb2
 
 RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -211,12 +215,49 @@ def _addresses(address: str | Sequence[str]) -> list[str]:
     return addresses
 
 
-def _channel_options(server_name: str) -> list[tuple[str, Any]]:
+def channel_options(server_name: str) -> list[tuple[str, Any]]:
+    """:data:`CHANNEL_OPTIONS`, and the name the router's certificate must carry when given."""
     return CHANNEL_OPTIONS + ([("grpc.ssl_target_name_override", server_name)] if server_name else [])
 
 
-def _metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+def auth_metadata(token: str) -> tuple[tuple[str, str], ...] | None:
+    """The call metadata carrying ``token`` (None without one)."""
     return (("authorization", f"Bearer {token}"),) if token else None
+
+
+def connection_from_env(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Client keywords ``token``, ``credentials`` and ``server_name`` from the environment
+    (default ``os.environ``): the bearer token from ``MOERM_TOKEN``, or the first word of
+    the file ``MOERM_TOKEN_FILE`` names; TLS to the router when ``MOERM_ROUTER_TLS`` is 1
+    (the system's CAs) or ``MOERM_ROUTER_TLS_CA`` names a PEM CA, with
+    ``MOERM_ROUTER_TLS_CERT`` / ``MOERM_ROUTER_TLS_KEY`` for mutual TLS and
+    ``MOERM_ROUTER_TLS_SERVER_NAME`` for the name its certificate carries. Raises
+    ValueError naming a variable or file that cannot be used (never the token)."""
+    env = os.environ if environ is None else environ
+    token = env.get("MOERM_TOKEN", "").strip()
+    if not token and env.get("MOERM_TOKEN_FILE"):
+        path = env["MOERM_TOKEN_FILE"]
+        try:
+            token = Path(path).read_text(encoding="utf-8").split()[0]
+        except (OSError, IndexError) as error:
+            raise ValueError(f"MOERM_TOKEN_FILE {path}: no token ({type(error).__name__})") from None
+    files = TlsFiles(
+        env.get("MOERM_ROUTER_TLS_CERT", ""),
+        env.get("MOERM_ROUTER_TLS_KEY", ""),
+        env.get("MOERM_ROUTER_TLS_CA", ""),
+    )
+    credentials = None
+    if env.get("MOERM_ROUTER_TLS", "") in ("1", "true") or files.enabled:
+        try:
+            files.check("MOERM_ROUTER_TLS_*", server=False)
+            credentials = channel_credentials(files)
+        except SecurityConfigError as error:
+            raise ValueError(str(error)) from None
+    return {
+        "token": token,
+        "credentials": credentials,
+        "server_name": env.get("MOERM_ROUTER_TLS_SERVER_NAME", ""),
+    }
 
 
 class RewardClient:
@@ -239,8 +280,8 @@ class RewardClient:
         self.batch_size = batch_size
         self.retry = retry or RetryPolicy()
         self.scored = ScoredIds(remember_ids)
-        self._metadata = _metadata(token)
-        options = _channel_options(server_name)
+        self._metadata = auth_metadata(token)
+        options = channel_options(server_name)
         self._channels = [
             grpc.insecure_channel(a, options=options)
             if credentials is None
@@ -340,8 +381,8 @@ class AsyncRewardClient:
         self.retry = retry or RetryPolicy()
         self.scored = ScoredIds(remember_ids)
         self._limit = asyncio.Semaphore(concurrency)
-        self._metadata = _metadata(token)
-        options = _channel_options(server_name)
+        self._metadata = auth_metadata(token)
+        options = channel_options(server_name)
         self._channels = [
             grpc.aio.insecure_channel(a, options=options)
             if credentials is None

@@ -1,9 +1,10 @@
 """``moerm up``: the services of one bundle as separate processes on loopback.
 
 Starts (in order) the embedded cache and bandit-state servers unless a Redis URL is
-given, the aggregator, one expert process per task, then the router; waits until each
-reports SERVING on the gRPC health service; stops them in reverse order with SIGTERM
-(each drains its in-flight calls).
+given, the aggregator, one expert process per task, the router and, when asked
+(``gateway_port``), the HTTP gateway in front of it (OpenRLHF's ``/get_reward``); waits
+until each reports SERVING on the gRPC health service (the gateway: ``GET /health``
+answers 200); stops them in reverse order with SIGTERM (each drains its in-flight calls).
 
 Supervision: a service that dies is started again with the same command on the same
 port, after a backoff that doubles with each restart in a row (1 s up to 30 s; a
@@ -22,6 +23,8 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -81,9 +84,28 @@ def wait_serving(address: str, timeout_s: float, child: Child | None = None) -> 
     raise TimeoutError(f"{address} did not become SERVING within {timeout_s:.0f}s")
 
 
+def wait_http_ok(url: str, timeout_s: float, child: Child | None = None) -> None:
+    """Block until a GET of ``url`` answers 200."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if child is not None and child.process.poll() is not None:
+            raise RuntimeError(
+                f"{child.name} exited with code {child.process.returncode}:\n{child.log_tail()}"
+            )
+        try:
+            with urllib.request.urlopen(url, timeout=1.0) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(f"{url} did not answer 200 within {timeout_s:.0f}s")
+
+
 class ProcessCluster:
-    """Router + aggregator + ``replicas`` expert processes per task (+ embedded cache).
-    An expert is named ``expert-<task>``, or ``expert-<task>-<k>`` with several replicas."""
+    """Router + aggregator + ``replicas`` expert processes per task (+ embedded cache), and
+    the HTTP gateway on ``gateway_port`` (0: any free port; None: no gateway). An expert is
+    named ``expert-<task>``, or ``expert-<task>-<k>`` with several replicas."""
 
     def __init__(
         self,
@@ -100,6 +122,7 @@ class ProcessCluster:
         state_dir: str | Path | None = None,
         supervise: bool = True,
         replicas: int = 1,
+        gateway_port: int | None = None,
     ):
         if replicas < 1:
             raise ValueError(f"replicas must be >= 1, got {replicas}")
@@ -122,6 +145,8 @@ class ProcessCluster:
         self.state_redis: EmbeddedRedis | None = None
         self.state_dir = state_dir
         self.router: Child | None = None
+        self.gateway_port = gateway_port
+        self.gateway: Child | None = None
         self.supervise = supervise
         self.replicas = replicas
         self._stopping = threading.Event()
@@ -136,6 +161,11 @@ class ProcessCluster:
     @property
     def address(self) -> str:
         return f"{self.host}:{self.router.port}"
+
+    @property
+    def gateway_url(self) -> str:
+        """The gateway's base URL (``/get_reward``, ``/health`` under it)."""
+        return f"http://{self.host}:{self.gateway.port}"
 
     def _spawn(self, name: str, module: str, *args: str, port: int = 0) -> Child:
         port_file = self.log_dir / f"{name}.port"
@@ -153,8 +183,6 @@ class ProcessCluster:
             sys.executable,
             "-m",
             module,
-            "--bundle",
-            self.bundle_dir,
             "--host",
             self.host,
             "--port",
@@ -232,12 +260,14 @@ class ProcessCluster:
             redis_url = self.redis.url
             self.state_redis = EmbeddedRedis.for_state(self.state_dir).start()
             state_url = self.state_redis.url
-        aggregator = self._spawn("aggregator", "aggregator_svc")
+        aggregator = self._spawn("aggregator", "aggregator_svc", "--bundle", self.bundle_dir)
         experts = {
             task: [
                 self._spawn(
                     f"expert-{task}" if self.replicas == 1 else f"expert-{task}-{k}",
                     "expert_svc",
+                    "--bundle",
+                    self.bundle_dir,
                     "--task",
                     task,
                     "--torch-threads",
@@ -255,6 +285,8 @@ class ProcessCluster:
         self.router = self._spawn(
             "router",
             "router_svc",
+            "--bundle",
+            self.bundle_dir,
             "--experts",
             endpoints,
             "--aggregator",
@@ -267,6 +299,12 @@ class ProcessCluster:
         )
         self._wait_port(self.router, timeout_s)
         wait_serving(self.address, timeout_s, self.router)
+        if self.gateway_port is not None:
+            self.gateway = self._spawn(
+                "gateway", "gateway_svc", "--router", self.address, port=self.gateway_port
+            )
+            self._wait_port(self.gateway, timeout_s)
+            wait_http_ok(f"{self.gateway_url}/health", timeout_s, self.gateway)
 
     def _target(self, replicas: list[Child]) -> str:
         """The router's address of a task's experts: one, or an ``ipv4:`` list (round robin)."""

@@ -1,5 +1,5 @@
 """Conversations as the services see them: normalization (for cache keys) and
-rendering into the text a backbone reads."""
+rendering into the text a backbone reads (or an HTTP reward model of the pool)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,16 @@ def render_conversation(turns: Sequence[Turn]) -> str:
 
 def render_plain(turns: Sequence[Turn], response: str) -> str:
     return render_conversation([*turns, Turn("assistant", response)])
+
+
+def render_chatml(turns: Sequence[Turn], response: str) -> tuple[str, str]:
+    """(prompt, query) in ChatML, as OpenRLHF sends them to a remote reward model: the
+    prompt is the conversation and the assistant's header (the generation prompt), the
+    query the prompt followed by the response and ``<|im_end|>``
+    (:func:`moerm.integrations.templates.split_query` takes them apart again)."""
+    prompt = "".join(f"<|im_start|>{turn.role}\n{turn.content}<|im_end|>\n" for turn in turns)
+    prompt += "<|im_start|>assistant\n"
+    return prompt, f"{prompt}{response}<|im_end|>"
 
 
 def render(tokenizer, turns: Sequence[Turn], response: str) -> str:

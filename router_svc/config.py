@@ -59,7 +59,9 @@ class RouterConfig:
     )
     aggregator: str = option("", "aggregator address HOST:PORT")
     external: tuple[str, ...] = option(
-        (), "external reward models speaking moerm.v1.ExpertService, NAME=HOST:PORT, comma-separated"
+        (),
+        "external reward models, comma-separated: NAME=HOST:PORT (moerm.v1.ExpertService) or "
+        "NAME=http(s)://HOST:PORT/PATH (OpenRLHF's /get_reward protocol)",
     )
     rm_norm: tuple[str, ...] = option(
         (), "reward-model normalization, NAME=MEAN:STD, comma-separated (base: and external members)"

@@ -6,6 +6,11 @@ per task one ``ScoreBatch`` for its ``dmoerm:`` items (asking for base scores to
 every one of them also needs ``base:``) and one ``base_only`` call for the remaining
 ``base:`` items; per external one call; then one ``Aggregate`` for every task's expert
 outputs. All calls of a stage run concurrently with the rest of the deadline.
+
+An external at an ``http(s)://`` URL (:attr:`RewardModelSpec.over_http`) gets one
+``POST`` per call in OpenRLHF's remote reward-model protocol (:func:`post_body`,
+:func:`read_rewards`); its answer is turned into the ``ExpertResponse`` of a
+one-column external, so both kinds are read alike.
 """
 
 from __future__ import annotations
@@ -16,13 +21,15 @@ import time
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
 
+import aiohttp
 import grpc
 import numpy as np
 
 from moerm.errors import DeadlineExceeded, Internal, MoermError, Unavailable, from_rpc_error
-from moerm.routing.pool import BASE, DMOERM, EXTERNAL, RewardModelSpec
+from moerm.routing.pool import BASE, DMOERM, EXTERNAL, RewardModelSpec, is_http
 from moerm.server import MAX_MESSAGE_BYTES
-from moerm.tensors import from_proto
+from moerm.tensors import from_proto, to_proto
+from moerm.text import render_chatml
 from moerm.v1 import aggregator_pb2, aggregator_pb2_grpc, expert_pb2, expert_pb2_grpc, tensor_pb2
 from router_svc.validation import Item
 
@@ -83,15 +90,16 @@ class MemberScore:
     already normalized with the bundle's TaskSpec norm); the pool's normalization is
     applied when answering, so a changed ``--rm-norm`` needs no cache flush.
     ``capabilities``: the expert breakdown (dmoerm), the score columns (external), or
-    empty (base).
+    empty (base). ``truncated``: the reward model cut the item to its context.
     """
 
     raw: float
     capabilities: dict[str, float] = field(default_factory=dict)
     cached: bool = False
+    truncated: bool = False
 
     def to_cache(self) -> dict:
-        return {"r": self.raw, "caps": self.capabilities}
+        return {"r": self.raw, "caps": self.capabilities, "t": self.truncated}
 
     @classmethod
     def from_cache(cls, value: dict | None) -> MemberScore | None:
@@ -101,9 +109,10 @@ class MemberScore:
         try:
             raw = float(value["r"])
             caps = {str(k): float(v) for k, v in value["caps"].items()}
+            truncated = bool(value.get("t", False))
         except (KeyError, TypeError, ValueError, AttributeError):
             return None
-        return cls(raw, caps, cached=True) if np.isfinite(raw) else None
+        return cls(raw, caps, cached=True, truncated=truncated) if np.isfinite(raw) else None
 
 
 @dataclass(frozen=True)
@@ -209,6 +218,43 @@ def _tensor(tensor: tensor_pb2.Tensor, shape: tuple[int, ...], what: str, name: 
     return values
 
 
+def _truncated(reply: expert_pb2.ExpertResponse, n: int) -> list[bool]:
+    """The reply's per-item truncation flags (all False from a service that gives none)."""
+    flags = list(reply.truncated)
+    return flags if len(flags) == n else [False] * n
+
+
+def post_body(items: Sequence[Item]) -> dict:
+    """OpenRLHF's ``/get_reward`` request for ``items``: each conversation and response
+    rendered in ChatML (:func:`moerm.text.render_chatml`), ``prompts`` the rendered
+    conversations."""
+    rendered = [render_chatml(item.turns, item.response) for item in items]
+    return {"query": [query for _, query in rendered], "prompts": [prompt for prompt, _ in rendered]}
+
+
+def read_rewards(body: bytes, n: int, what: str) -> expert_pb2.ExpertResponse:
+    """An HTTP member's answer (``{"rewards": [n numbers], ...}``) as the ExpertResponse
+    of a one-column external: scores (n, 1), and ``truncated`` from moerm's gateway's
+    ``extra_logs.moerm_truncated`` when present. UNAVAILABLE for anything else, or when
+    it lists ``errors`` (moerm's gateway: items it could not score)."""
+    try:
+        data = json.loads(body)
+        rewards = np.asarray(data["rewards"], dtype=np.float32)
+    except (ValueError, TypeError, KeyError) as error:
+        raise Unavailable(f"{what} answered without a list of rewards ({type(error).__name__})") from None
+    if rewards.shape != (n,):
+        raise Unavailable(f"{what} answered {rewards.shape} rewards for {n} items")
+    errors = data.get("errors") or []
+    if errors:
+        first = errors[0] if isinstance(errors[0], dict) else {}
+        raise Unavailable(
+            f"{what} could not score {len(errors)} items: {str(first.get('description'))[:200]}"
+        )
+    flags = (data.get("extra_logs") or {}).get("moerm_truncated")
+    truncated = [bool(flag) for flag in flags] if isinstance(flags, list) and len(flags) == n else []
+    return expert_pb2.ExpertResponse(scores=to_proto(rewards[:, None]), truncated=truncated)
+
+
 RECHECK_S = 1.0  # a target that just failed is left out of choices this long
 
 
@@ -218,13 +264,15 @@ def target_of(spec: RewardModelSpec) -> str:
 
 
 class Downstream:
-    """grpc.aio channels to every task's experts, the externals and the aggregator.
-    Must be created inside the event loop. ``credentials``: TLS (mTLS) to all of them;
-    ``server_name``: the name their certificates must carry ('' = each address's host);
-    ``wait_for_ready``: see :func:`service_config`.
+    """grpc.aio channels to every task's experts, the externals and the aggregator, and
+    an HTTP session for the externals at ``http(s)://`` URLs. Must be created inside
+    the event loop. ``credentials``: TLS (mTLS) to the gRPC services; ``server_name``:
+    the name their certificates must carry ('' = each address's host);
+    ``wait_for_ready``: see :func:`service_config`. An ``https://`` member is checked
+    against the system's CAs.
 
     Liveness (:meth:`live`): a target is down while its channel cannot connect
-    (TRANSIENT_FAILURE) or for :data:`RECHECK_S` after a call to it failed as
+    (TRANSIENT_FAILURE; gRPC only) or for :data:`RECHECK_S` after a call to it failed as
     unavailable; policies then leave it out (bandits choose the best live arm,
     ensembles score with the live members)."""
 
@@ -246,8 +294,14 @@ class Downstream:
         self._channel_of: dict[str, grpc.aio.Channel] = {}
         self.aggregator = aggregator_pb2_grpc.AggregatorServiceStub(self._channels[0])
         self.experts = {task: self._stub(task, address) for task, address in expert_endpoints.items()}
-        self.externals = {name: self._stub(name, address) for name, address in external_endpoints.items()}
-        self.calls = 0  # ScoreBatch calls made, for stats
+        self.externals = {
+            name: self._stub(name, address)
+            for name, address in external_endpoints.items()
+            if not is_http(address)
+        }
+        self.urls = {name: url for name, url in external_endpoints.items() if is_http(url)}
+        self._http = aiohttp.ClientSession() if self.urls else None
+        self.calls = 0  # ScoreBatch calls (and HTTP posts) made, for stats
         self._failed_at: dict[str, float] = {}
 
     def _channel(self, address: str) -> grpc.aio.Channel:
@@ -265,6 +319,8 @@ class Downstream:
         failed = self._failed_at.get(target)
         if failed is not None and time.monotonic() - failed < RECHECK_S:
             return False
+        if target in self.urls:
+            return True
         channel = self._channel_of.get(target)
         if channel is None:
             return False
@@ -292,7 +348,12 @@ class Downstream:
         request is answered whole or not at all), except with ``partial``: then the jobs
         of a reward model that is unavailable get None (an ensemble scores without it)."""
         calls = plan_calls(jobs)
-        requests = [self._score_batch(call, _request(call, jobs), deadline) for call in calls]
+        requests = [
+            self._post(call, [jobs[j].item for j in call.rows], deadline)
+            if call.target in self.urls and call.kind == EXTERNAL
+            else self._score_batch(call, _request(call, jobs), deadline)
+            for call in calls
+        ]
         if partial:
             results = await asyncio.gather(*requests, return_exceptions=True)
             kept = [
@@ -312,13 +373,16 @@ class Downstream:
                 if scores.ndim != 2 or scores.shape[1] < 1:
                     raise Unavailable(f"{call.what} returned scores of shape {scores.shape}, expected (B, K)")
                 names = list(reply.capabilities) if len(reply.capabilities) == scores.shape[1] else []
-                for j, row in zip(call.rows, scores, strict=True):
-                    out[j] = MemberScore(float(row[0]), dict(zip(names, map(float, row), strict=True)))
+                for j, row, cut in zip(call.rows, scores, _truncated(reply, n), strict=True):
+                    caps = dict(zip(names, map(float, row), strict=True)) if names else {}
+                    out[j] = MemberScore(float(row[0]), caps, truncated=cut)
                 continue
             if call.kind == BASE or call.base_rows:
                 base = _tensor(reply.base_scores, (n,), call.what, "base scores")
-                for j, value in zip(call.base_rows or call.rows, base, strict=True):
-                    out[j] = MemberScore(float(value))
+                for j, value, cut in zip(
+                    call.base_rows or call.rows, base, _truncated(reply, n), strict=True
+                ):
+                    out[j] = MemberScore(float(value), truncated=cut)
             if call.kind == "experts":
                 experts.append((call, reply))
         if experts:
@@ -341,6 +405,35 @@ class Downstream:
             raise failure from None
         self._outcome(call.target, None)
         return reply
+
+    async def _post(self, call: Call, items: Sequence[Item], deadline: float) -> expert_pb2.ExpertResponse:
+        """One POST to an HTTP member: UNAVAILABLE when it cannot be reached, answers
+        other than 200 or a reply of another shape; DEADLINE_EXCEEDED past the deadline."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise DeadlineExceeded(f"deadline passed before {call.what} was called")
+        url = self.urls[call.target]
+        self.calls += 1
+        try:
+            async with self._http.post(
+                url, json=post_body(items), timeout=aiohttp.ClientTimeout(total=remaining)
+            ) as response:
+                body = await response.read()
+                if response.status != 200:
+                    text = body[:200].decode("utf-8", "replace")
+                    raise Unavailable(f"{call.what} at {url} answered HTTP {response.status}: {text}")
+            reply = read_rewards(body, len(items), call.what)
+        except TimeoutError:
+            failure: MoermError = DeadlineExceeded(f"{call.what} at {url} did not answer within the deadline")
+        except aiohttp.ClientError as error:
+            failure = Unavailable(f"{call.what} at {url}: {type(error).__name__}: {error}")
+        except Unavailable as error:
+            failure = error
+        else:
+            self._outcome(call.target, None)
+            return reply
+        self._outcome(call.target, failure)
+        raise failure
 
     async def _aggregate(self, experts: list, out: list, deadline: float) -> None:
         """One Aggregate call for every task's expert outputs; fills the dmoerm jobs."""
@@ -368,9 +461,13 @@ class Downstream:
             rewards = np.asarray(batch.rewards, dtype=np.float32)
             if rewards.shape != (n,) or not np.isfinite(rewards).all():
                 raise Unavailable(f"the aggregator returned bad rewards for task {call.target!r}")
-            for j, row, reward in zip(call.rows, scores, rewards, strict=True):
-                out[j] = MemberScore(float(reward), dict(zip(caps, map(float, row), strict=True)))
+            for j, row, reward, cut in zip(call.rows, scores, rewards, _truncated(reply, n), strict=True):
+                out[j] = MemberScore(
+                    float(reward), dict(zip(caps, map(float, row), strict=True)), truncated=cut
+                )
 
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
+        if self._http is not None:
+            await self._http.close()

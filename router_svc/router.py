@@ -64,6 +64,7 @@ class ItemScore:
     cached: bool = False
     member_rewards: dict[str, float] = field(default_factory=dict)  # ensembles only
     missing: tuple[str, ...] = ()  # ensembles only: members that were unavailable
+    truncated: bool = False  # a reward model cut the item to its context
 
 
 @dataclass(frozen=True)
@@ -109,11 +110,15 @@ class Router:
         self.loaded = False
 
     async def load(self) -> None:
-        """Load the embedder, describe the external reward models, catch up with the
-        bandit log. Score answers UNAVAILABLE until this is done."""
+        """Load the embedder, describe the external reward models (those over gRPC),
+        catch up with the bandit log. Score answers UNAVAILABLE until this is done."""
         await asyncio.to_thread(self.classifier.load)
         self.contexts.start()
         for spec in self.pool.externals():
+            if spec.over_http:  # OpenRLHF's protocol has no Describe
+                if spec.scale.source == "none":
+                    log.warning("HTTP reward model %r: no --rm-norm given; using raw rewards", spec.name)
+                continue
             description = await self.downstream.describe(spec.name, self.config.describe_timeout_s)
             declared = (
                 RewardScale(description.norm_mean, description.norm_std, "describe")
@@ -296,6 +301,7 @@ class Router:
             reward_models=(name,),
             policy=policy,
             cached=score.cached,
+            truncated=score.truncated,
         )
 
     def _ensemble(self, rule: str, scores: dict[str, MemberScore], route: Route) -> ItemScore:
@@ -318,6 +324,7 @@ class Router:
             cached=all(scores[name].cached for name in names),
             member_rewards=dict(zip(names, normalized.tolist(), strict=True)),
             missing=tuple(name for name in self.pool.names if name not in scores),
+            truncated=any(scores[name].truncated for name in names),
         )
 
     async def _remember(

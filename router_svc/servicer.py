@@ -71,7 +71,7 @@ class RewardServicer(reward_pb2_grpc.RewardServiceServicer):
                 policy=score.policy,
                 member_rewards=score.member_rewards if call.breakdown else {},
                 missing_reward_models=score.missing,
-                truncated=position in call.truncated,
+                truncated=position in call.truncated or score.truncated,
             )
         for position, violations in call.rejected.items():
             results[position] = reward_pb2.ScoreResult(

@@ -9,6 +9,10 @@ outcomes (``ScoreRequest.per_item_errors``), then hands each caller its own resu
 The client runs its gRPC channel on an event loop of its own, in a daemon thread,
 so it serves asyncio callers on any loop (``await client.score(...)``), threads
 (``client.score_sync(...)``) and both at once; calls from all of them coalesce.
+
+A router that asks for a bearer token or speaks TLS is reached as with
+:class:`moerm.client.RewardClient`: ``token``, ``credentials``, ``server_name``
+(:func:`moerm.client.connection_from_env` reads them from ``MOERM_*`` variables).
 """
 
 from __future__ import annotations
@@ -24,12 +28,13 @@ from dataclasses import dataclass, field, replace
 import grpc
 
 from moerm.client import (
-    CHANNEL_OPTIONS,
     NO_CALL,
     ItemLike,
     RetryPolicy,
     ScoredIds,
+    auth_metadata,
     call_with_retries,
+    channel_options,
     to_item,
 )
 from moerm.v1 import reward_pb2, reward_pb2_grpc
@@ -115,7 +120,10 @@ class CoalescingClient:
     company; ``max_items``: a batch is sent as soon as it holds this many items (keep
     it at most the router's ``--max-items``). ``raise_errors``: when a whole request
     fails (cluster down past the retries), raise to the callers instead of returning
-    failed outcomes."""
+    failed outcomes. ``token``: sent as ``authorization: Bearer <token>`` (scope
+    ``score``, and ``feedback`` for :meth:`feedback`); ``credentials``
+    (:func:`moerm.security.channel_credentials`): TLS; ``server_name``: the name the
+    router's certificate must carry ('' = the address's host)."""
 
     def __init__(
         self,
@@ -128,6 +136,8 @@ class CoalescingClient:
         timeout_s: float = 180.0,
         retry: RetryPolicy | None = None,
         credentials: grpc.ChannelCredentials | None = None,
+        token: str = "",
+        server_name: str = "",
         raise_errors: bool = False,
     ):
         self.address = address
@@ -141,6 +151,8 @@ class CoalescingClient:
         self.raise_errors = raise_errors
         self.stats = CoalescingStats()
         self._credentials = credentials
+        self._options = channel_options(server_name)
+        self._metadata = auth_metadata(token)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="moerm-coalescing", daemon=True)
         self._thread.start()
@@ -156,9 +168,9 @@ class CoalescingClient:
 
     async def _open(self) -> None:
         if self._credentials is None:
-            self._channel = grpc.aio.insecure_channel(self.address, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.insecure_channel(self.address, options=self._options)
         else:
-            self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=CHANNEL_OPTIONS)
+            self._channel = grpc.aio.secure_channel(self.address, self._credentials, options=self._options)
         self._stub = reward_pb2_grpc.RewardServiceStub(self._channel)
 
     # -- scoring ---------------------------------------------------------------------
@@ -238,7 +250,7 @@ class CoalescingClient:
 
     async def _call(self, request):
         return await call_with_retries(
-            lambda timeout: self._stub.Score(request, timeout=timeout),
+            lambda timeout: self._stub.Score(request, timeout=timeout, metadata=self._metadata),
             self.retry,
             time.monotonic() + self.timeout_s,
         )
@@ -265,7 +277,7 @@ class CoalescingClient:
         for start in range(0, len(items), self.max_items):
             request = reward_pb2.FeedbackRequest(items=items[start : start + self.max_items])
             try:
-                response = await self._stub.Feedback(request, timeout=self.timeout_s)
+                response = await self._stub.Feedback(request, timeout=self.timeout_s, metadata=self._metadata)
             except grpc.aio.AioRpcError as error:
                 if error.code() != grpc.StatusCode.NOT_FOUND:
                     raise

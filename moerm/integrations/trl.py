@@ -15,6 +15,12 @@ With ``outcome_column="passed"`` (a dataset column holding a per-item outcome) o
 fail 0 per item) that outcome goes back to moerm as ``Feedback`` for the items moerm
 scored, so the bandit policies
 (``policy="linucb"`` or ``"thompson"``) learn which reward model of the pool to trust.
+
+A router with ``--auth-tokens`` or a TLS port: ``token=``, ``credentials=``
+(:func:`moerm.security.channel_credentials`) and ``server_name=``; what is not given
+comes from the environment (``MOERM_TOKEN`` or ``MOERM_TOKEN_FILE``, ``MOERM_ROUTER_TLS``
+/ ``MOERM_ROUTER_TLS_CA`` / ``_CERT`` / ``_KEY`` / ``_SERVER_NAME``:
+:func:`moerm.client.connection_from_env`).
 """
 
 from __future__ import annotations
@@ -24,6 +30,9 @@ import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
+import grpc
+
+from moerm.client import connection_from_env
 from moerm.integrations.coalescing import CoalescingClient, Outcome
 from moerm.v1 import reward_pb2, tensor_pb2
 
@@ -58,7 +67,9 @@ def to_score_item(prompt: Any, completion: Any) -> reward_pb2.ScoreItem:
 
 class _MoermRewardBase:
     """Shared by the sync and async reward functions. ``client``: a
-    :class:`CoalescingClient` to share (else one is made for ``address``)."""
+    :class:`CoalescingClient` to share (else one is made for ``address``, with
+    ``token``, ``credentials`` and ``server_name``, each from the environment when
+    None)."""
 
     def __init__(
         self,
@@ -71,12 +82,24 @@ class _MoermRewardBase:
         client: CoalescingClient | None = None,
         timeout_s: float = 180.0,
         name: str = "moerm",
+        token: str | None = None,
+        credentials: grpc.ChannelCredentials | None = None,
+        server_name: str | None = None,
     ):
-        # A cluster that cannot be reached (past the client's retries) raises: training
-        # on all-None rewards would go on silently.
-        self.client = client or CoalescingClient(
-            address, policy=policy, reward_model=reward_model, timeout_s=timeout_s, raise_errors=True
-        )
+        if client is None:
+            given = {"token": token, "credentials": credentials, "server_name": server_name}
+            connection = {**connection_from_env(), **{k: v for k, v in given.items() if v is not None}}
+            # A cluster that cannot be reached (past the client's retries) raises: training
+            # on all-None rewards would go on silently.
+            client = CoalescingClient(
+                address,
+                policy=policy,
+                reward_model=reward_model,
+                timeout_s=timeout_s,
+                raise_errors=True,
+                **connection,
+            )
+        self.client = client
         if outcome_column is not None and outcome_fn is not None:
             raise ValueError("give outcome_column or outcome_fn, not both")
         self.outcome_column = outcome_column

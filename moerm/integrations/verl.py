@@ -13,7 +13,10 @@ reward managers, threads) coalesce into one Score request per few milliseconds.
 
 The cluster comes from ``MOERM_ADDRESS`` (default ``127.0.0.1:50051``), the policy
 from ``MOERM_POLICY`` and ``MOERM_REWARD_MODEL``, or from keyword arguments
-(verl's ``custom_reward_function.reward_kwargs``). Each call returns
+(verl's ``custom_reward_function.reward_kwargs``); a router's bearer token and TLS
+from ``MOERM_TOKEN`` (or ``MOERM_TOKEN_FILE``) and ``MOERM_ROUTER_TLS*``
+(:func:`moerm.client.connection_from_env`; not reward_kwargs, which verl logs with its
+config). Each call returns
 ``{"score": reward, "moerm_ok": 1.0, "moerm_truncated": 0.0}``; an item moerm could
 not score gets ``score`` = ``failure_score`` (default 0.0) and ``moerm_ok`` 0.0, since
 verl needs a number per sample; a cluster that cannot be reached (past the retries)
@@ -26,6 +29,7 @@ import os
 import threading
 from typing import Any
 
+from moerm.client import connection_from_env
 from moerm.integrations.coalescing import CoalescingClient, Outcome
 from moerm.integrations.trl import to_score_item
 
@@ -36,7 +40,8 @@ _lock = threading.Lock()
 
 
 def client_for(address: str | None = None, policy: str | None = None, reward_model: str | None = None):
-    """One shared client per (address, policy, reward model) in this process."""
+    """One shared client per (address, policy, reward model) in this process; token and
+    TLS from the environment."""
     key = (
         address or os.environ.get("MOERM_ADDRESS", "127.0.0.1:50051"),
         policy if policy is not None else os.environ.get("MOERM_POLICY", ""),
@@ -44,7 +49,9 @@ def client_for(address: str | None = None, policy: str | None = None, reward_mod
     )
     with _lock:
         if key not in _clients:
-            _clients[key] = CoalescingClient(key[0], policy=key[1], reward_model=key[2], raise_errors=True)
+            _clients[key] = CoalescingClient(
+                key[0], policy=key[1], reward_model=key[2], raise_errors=True, **connection_from_env()
+            )
         return _clients[key]
 
 

@@ -12,7 +12,10 @@ Three kinds, each named so that a request can pick it (``ScoreRequest.reward_mod
   measures them on the training responses) unless the router's config overrides it.
 - external: any service speaking ``moerm.v1.ExpertService`` at an address; its
   reward is the first column of its scores. Its task and (unless given by the
-  router's config) its normalization come from its ``Describe``.
+  router's config) its normalization come from its ``Describe``. An external whose
+  address is an ``http://`` or ``https://`` URL speaks OpenRLHF's remote reward-model
+  protocol instead (``POST {"query", "prompts"}`` -> ``{"rewards"}``): it has no
+  Describe, so no task, and its normalization is the router config's or none.
 
 Every member carries a normalization ``reward = (raw - mean) / std`` so that rewards
 of different reward models are comparable (the ensembles and bandits need that).
@@ -24,6 +27,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -34,6 +38,12 @@ BASE = "base"
 EXTERNAL = "external"
 _PREFIXES = {DMOERM: "dmoerm:", BASE: "base:"}
 _EXTERNAL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:\-]{0,99}$")
+HTTP_SCHEMES = ("http://", "https://")
+
+
+def is_http(address: str) -> bool:
+    """Whether an external's address is a URL of OpenRLHF's HTTP protocol (not gRPC)."""
+    return address.startswith(HTTP_SCHEMES)
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,11 @@ class RewardModelSpec:
     @property
     def in_bundle(self) -> bool:
         return self.kind in (DMOERM, BASE)
+
+    @property
+    def over_http(self) -> bool:
+        """An external reached over HTTP (OpenRLHF's protocol; no Describe)."""
+        return self.kind == EXTERNAL and is_http(self.address)
 
     @property
     def cache_id(self) -> str:
@@ -155,6 +170,16 @@ def check_external_name(name: str) -> None:
             raise ValueError(f"external reward model name {name!r}: the prefix {prefix!r} is reserved")
 
 
+def _check_url(name: str, url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 (raises on a port that is not a number in range)
+    except ValueError as error:
+        raise ValueError(f"external reward model {name!r}: {url!r}: {error}") from None
+    if not parts.hostname:
+        raise ValueError(f"external reward model {name!r}: {url!r} is not a URL with a host")
+
+
 def build_pool(
     manifest: Manifest,
     *,
@@ -165,7 +190,9 @@ def build_pool(
 
     Args:
         manifest: the bundle's manifest (its tasks give ``dmoerm:`` and ``base:`` members).
-        externals: name -> ``host:port`` of a ``moerm.v1.ExpertService``.
+        externals: name -> ``host:port`` of a ``moerm.v1.ExpertService``, or the
+            ``http(s)://host:port/path`` URL of a reward model speaking OpenRLHF's
+            ``/get_reward`` protocol.
         norms: reward model name -> (mean, std), overriding what the member would get
             otherwise (``base:`` members and externals; a ``dmoerm:`` member is
             normalized by the aggregator with the bundle's values and cannot be
@@ -193,6 +220,8 @@ def build_pool(
         check_external_name(name)
         if not address:
             raise ValueError(f"external reward model {name!r}: empty address")
+        if is_http(address):
+            _check_url(name, address)
         specs.append(RewardModelSpec(name, EXTERNAL, address=address))
     known = {spec.name: spec for spec in specs}
     for name, (mean, std) in norms.items():

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from moerm.v1 import tensor_pb2 as moerm_dot_v1_dot_tensor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15moerm/v1/expert.proto\x12\x08moerm.v1\x1a\x15moerm/v1/tensor.proto\"C\n\nExpertItem\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.moerm.v1.Message\x12\x10\n\x08response\x18\x02 \x01(\t\"\x81\x01\n\rExpertRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12#\n\x05items\x18\x02 \x03(\x0b\x32\x14.moerm.v1.ExpertItem\x12\x15\n\rreturn_hidden\x18\x03 \x01(\x08\x12\x13\n\x0breturn_base\x18\x04 \x01(\x08\x12\x11\n\tbase_only\x18\x05 \x01(\x08\"\xb7\x01\n\x0e\x45xpertResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12 \n\x06scores\x18\x03 \x01(\x0b\x32\x10.moerm.v1.Tensor\x12 \n\x06hidden\x18\x04 \x01(\x0b\x32\x10.moerm.v1.Tensor\x12\x16\n\x0e\x62undle_version\x18\x05 \x01(\t\x12%\n\x0b\x62\x61se_scores\x18\x06 \x01(\x0b\x32\x10.moerm.v1.Tensor\"\x11\n\x0f\x44\x65scribeRequest\"\xc2\x01\n\x11\x45xpertDescription\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x03\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x05 \x01(\t\x12\x13\n\x0blora_layers\x18\x06 \x03(\x03\x12\x10\n\x08has_base\x18\x07 \x01(\x08\x12\x11\n\tnorm_mean\x18\x08 \x01(\x02\x12\x10\n\x08norm_std\x18\t \x01(\x02\x32\x94\x01\n\rExpertService\x12?\n\nScoreBatch\x12\x17.moerm.v1.ExpertRequest\x1a\x18.moerm.v1.ExpertResponse\x12\x42\n\x08\x44\x65scribe\x12\x19.moerm.v1.DescribeRequest\x1a\x1b.moerm.v1.ExpertDescriptionb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15moerm/v1/expert.proto\x12\x08moerm.v1\x1a\x15moerm/v1/tensor.proto\"C\n\nExpertItem\x12#\n\x08messages\x18\x01 \x03(\x0b\x32\x11.moerm.v1.Message\x12\x10\n\x08response\x18\x02 \x01(\t\"\x81\x01\n\rExpertRequest\x12\x0c\n\x04task\x18\x01 \x01(\t\x12#\n\x05items\x18\x02 \x03(\x0b\x32\x14.moerm.v1.ExpertItem\x12\x15\n\rreturn_hidden\x18\x03 \x01(\x08\x12\x13\n\x0breturn_base\x18\x04 \x01(\x08\x12\x11\n\tbase_only\x18\x05 \x01(\x08\"\xca\x01\n\x0e\x45xpertResponse\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12 \n\x06scores\x18\x03 \x01(\x0b\x32\x10.moerm.v1.Tensor\x12 \n\x06hidden\x18\x04 \x01(\x0b\x32\x10.moerm.v1.Tensor\x12\x16\n\x0e\x62undle_version\x18\x05 \x01(\t\x12%\n\x0b\x62\x61se_scores\x18\x06 \x01(\x0b\x32\x10.moerm.v1.Tensor\x12\x11\n\ttruncated\x18\x07 \x03(\x08\"\x11\n\x0f\x44\x65scribeRequest\"\xc2\x01\n\x11\x45xpertDescription\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x14\n\x0c\x63\x61pabilities\x18\x02 \x03(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\x03\x12\x10\n\x08\x62\x61\x63kbone\x18\x04 \x01(\t\x12\x16\n\x0e\x62undle_version\x18\x05 \x01(\t\x12\x13\n\x0blora_layers\x18\x06 \x03(\x03\x12\x10\n\x08has_base\x18\x07 \x01(\x08\x12\x11\n\tnorm_mean\x18\x08 \x01(\x02\x12\x10\n\x08norm_std\x18\t \x01(\x02\x32\x94\x01\n\rExpertService\x12?\n\nScoreBatch\x12\x17.moerm.v1.ExpertRequest\x1a\x18.moerm.v1.ExpertResponse\x12\x42\n\x08\x44\x65scribe\x12\x19.moerm.v1.DescribeRequest\x1a\x1b.moerm.v1.ExpertDescriptionb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -37,11 +37,11 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_EXPERTREQUEST']._serialized_start=128
   _globals['_EXPERTREQUEST']._serialized_end=257
   _globals['_EXPERTRESPONSE']._serialized_start=260
-  _globals['_EXPERTRESPONSE']._serialized_end=443
-  _globals['_DESCRIBEREQUEST']._serialized_start=445
-  _globals['_DESCRIBEREQUEST']._serialized_end=462
-  _globals['_EXPERTDESCRIPTION']._serialized_start=465
-  _globals['_EXPERTDESCRIPTION']._serialized_end=659
-  _globals['_EXPERTSERVICE']._serialized_start=662
-  _globals['_EXPERTSERVICE']._serialized_end=810
+  _globals['_EXPERTRESPONSE']._serialized_end=462
+  _globals['_DESCRIBEREQUEST']._serialized_start=464
+  _globals['_DESCRIBEREQUEST']._serialized_end=481
+  _globals['_EXPERTDESCRIPTION']._serialized_start=484
+  _globals['_EXPERTDESCRIPTION']._serialized_end=678
+  _globals['_EXPERTSERVICE']._serialized_start=681
+  _globals['_EXPERTSERVICE']._serialized_end=829
 # @@protoc_insertion_point(module_scope)

@@ -30,20 +30,22 @@ class ExpertRequest(_message.Message):
     def __init__(self, task: _Optional[str] = ..., items: _Optional[_Iterable[_Union[ExpertItem, _Mapping]]] = ..., return_hidden: _Optional[bool] = ..., return_base: _Optional[bool] = ..., base_only: _Optional[bool] = ...) -> None: ...
 
 class ExpertResponse(_message.Message):
-    __slots__ = ("task", "capabilities", "scores", "hidden", "bundle_version", "base_scores")
+    __slots__ = ("task", "capabilities", "scores", "hidden", "bundle_version", "base_scores", "truncated")
     TASK_FIELD_NUMBER: _ClassVar[int]
     CAPABILITIES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_VERSION_FIELD_NUMBER: _ClassVar[int]
     BASE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_FIELD_NUMBER: _ClassVar[int]
     task: str
     capabilities: _containers.RepeatedScalarFieldContainer[str]
     scores: _tensor_pb2.Tensor
     hidden: _tensor_pb2.Tensor
     bundle_version: str
     base_scores: _tensor_pb2.Tensor
-    def __init__(self, task: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., hidden: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., bundle_version: _Optional[str] = ..., base_scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ...) -> None: ...
+    truncated: _containers.RepeatedScalarFieldContainer[bool]
+    def __init__(self, task: _Optional[str] = ..., capabilities: _Optional[_Iterable[str]] = ..., scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., hidden: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., bundle_version: _Optional[str] = ..., base_scores: _Optional[_Union[_tensor_pb2.Tensor, _Mapping]] = ..., truncated: _Optional[_Iterable[bool]] = ...) -> None: ...
 
 class DescribeRequest(_message.Message):
     __slots__ = ()

@@ -1,5 +1,6 @@
 """`moerm up` (ProcessCluster) restarts a service that died, on the same port, and its
-services never outlive it, whatever signal kills it."""
+services never outlive it, whatever signal kills it; `--gateway-port` adds the HTTP
+gateway, supervised like the others."""
 
 from __future__ import annotations
 
@@ -9,12 +10,14 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import grpc
 import pytest
 
-from moerm.launcher import ProcessCluster, wait_serving
+from moerm.cli import build_parser
+from moerm.launcher import ProcessCluster, wait_http_ok, wait_serving
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 
 pytestmark = pytest.mark.integration
@@ -145,3 +148,44 @@ def test_with_two_replicas_a_killed_one_costs_no_call(minilm_bundle, tmp_path) -
         while cluster.restarts["expert-writing-0"] < 1 and time.monotonic() < deadline:
             time.sleep(0.1)
         assert cluster.restarts["expert-writing-0"] == 1
+
+
+def post_reward(url: str) -> dict:
+    """One ChatML query to the gateway's /get_reward, as OpenRLHF posts it."""
+    prompt = "<|im_start|>user\nWrite a poem about rain.<|im_end|>\n<|im_start|>assistant\n"
+    body = json.dumps({"query": [prompt + "Rain falls.<|im_end|>"], "prompts": [prompt]}).encode()
+    request = urllib.request.Request(url, data=body, headers={"content-type": "application/json"})
+    with urllib.request.urlopen(request, timeout=60) as reply:
+        return json.loads(reply.read())
+
+
+def test_up_starts_the_gateway_and_restarts_it(minilm_bundle, tmp_path) -> None:
+    """`moerm up --gateway-port 0`: the gateway answers /get_reward with the router's reward
+    and, killed, is started again on its port."""
+    assert build_parser().parse_args(["up", "--gateway-port", "0"]).gateway_port == 0
+    assert build_parser().parse_args(["up"]).gateway_port is None
+    with ProcessCluster(
+        minilm_bundle, log_dir=tmp_path, torch_threads=1, log_level="WARNING", gateway_port=0
+    ) as cluster:
+        assert [child.name for child in cluster.children][-2:] == ["router", "gateway"]
+        gateway = cluster.gateway
+        url = f"{cluster.gateway_url}/get_reward"
+        first = post_reward(url)
+        direct = score_once_with(cluster.address, "Write a poem about rain.", "Rain falls.")
+        assert first["rewards"] == pytest.approx([direct], abs=1e-5) and first["errors"] == []
+        port, old_pid = gateway.port, gateway.process.pid
+        os.kill(old_pid, signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while gateway.process.pid == old_pid and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert gateway.process.pid != old_pid, "not restarted"
+        wait_http_ok(f"{cluster.gateway_url}/health", 60, gateway)
+        assert (cluster.restarts["gateway"], gateway.port) == (1, port)
+        assert post_reward(url)["rewards"] == first["rewards"]
+
+
+def score_once_with(address: str, prompt: str, response: str) -> float:
+    with grpc.insecure_channel(address) as channel:
+        stub = reward_pb2_grpc.RewardServiceStub(channel)
+        request = reward_pb2.ScoreRequest(items=[reward_pb2.ScoreItem(prompt=prompt, response=response)])
+        return stub.Score(request, timeout=60).results[0].reward

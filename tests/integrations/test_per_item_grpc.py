@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import grpc
 import pytest
 
@@ -57,3 +59,21 @@ def test_every_item_rejected_still_answers_per_item(stub):
     reply = stub.Score(reward_pb2.ScoreRequest(items=[blank, blank], per_item_errors=True), timeout=60)
     assert [r.error.field for r in reply.results] == ["items[0].response", "items[1].response"]
     assert reply.request_id
+
+
+def test_an_item_beyond_the_backbone_context_comes_back_truncated(stub):
+    """Within --max-text-chars (32,768) but beyond MiniLM's 512 tokens: the expert cuts it
+    and says so, and the router marks the result (with or without per_item_errors, and
+    again when the score comes from the cache)."""
+    long = reward_pb2.ScoreItem(
+        prompt="Tell a story about a fox.", response="The fox ran across the field and back again. " * 200
+    )
+    short = reward_pb2.ScoreItem(prompt="Tell a story about a fox.", response="The fox ran, briefly.")
+    assert len(long.response) < 32_768
+    for per_item in (True, False):
+        reply = stub.Score(reward_pb2.ScoreRequest(items=[long, short], per_item_errors=per_item), timeout=60)
+        assert [r.truncated for r in reply.results] == [True, False]
+        assert all(math.isfinite(r.reward) and not r.HasField("error") for r in reply.results)
+    assert all(r.cached for r in reply.results)
+    mean = stub.Score(reward_pb2.ScoreRequest(items=[long, short], policy="mean"), timeout=60)
+    assert [r.truncated for r in mean.results] == [True, False]

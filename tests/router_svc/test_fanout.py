@@ -1,14 +1,20 @@
 """plan_calls: the fewest ScoreBatch calls for a set of (reward model, item) jobs,
-and the cache entries of member scores. No servers (the calls themselves are
-covered by tests/integration/test_routing_*.py)."""
+the cache entries of member scores, and an HTTP member's request and answer. No
+servers (the calls themselves are covered by tests/integration/test_routing_*.py and
+tests/integration/test_http_member.py)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from moerm.errors import Unavailable
+from moerm.integrations.templates import split_query
 from moerm.routing.pool import BASE, DMOERM, EXTERNAL, RewardModelSpec
+from moerm.tensors import from_proto
 from moerm.text import Turn
-from router_svc.fanout import Call, Job, MemberScore, _request, plan_calls
+from router_svc.fanout import Call, Job, MemberScore, _request, plan_calls, post_body, read_rewards
 from router_svc.validation import Item
 
 SPECS = {
@@ -88,6 +94,64 @@ def test_malformed_cache_entries_are_misses(value) -> None:
 
 
 def test_cache_round_trip() -> None:
-    score = MemberScore(0.25, {"correctness": 1.5})
+    score = MemberScore(0.25, {"correctness": 1.5}, truncated=True)
     back = MemberScore.from_cache(score.to_cache())
-    assert (back.raw, back.capabilities, back.cached) == (0.25, {"correctness": 1.5}, True)
+    assert (back.raw, back.capabilities, back.cached, back.truncated) == (
+        0.25,
+        {"correctness": 1.5},
+        True,
+        True,
+    )
+    # An entry written before the truncation flag existed reads as not truncated.
+    assert MemberScore.from_cache({"r": 0.5, "caps": {}}).truncated is False
+
+
+def test_an_http_member_gets_chatml_that_splits_back_into_the_same_turns() -> None:
+    item = Item(
+        id="",
+        turns=(
+            Turn("system", "Be terse."),
+            Turn("user", "Hi?"),
+            Turn("assistant", "Yes?"),
+            Turn("user", "2+2?"),
+        ),
+        response="4, since 2 + 2 = 4.\nDone.",
+    )
+    body = post_body([item, ITEMS[0]])
+    assert body["prompts"][1] == "<|im_start|>user\nprompt 0<|im_end|>\n<|im_start|>assistant\n"
+    assert body["query"][1] == body["prompts"][1] + "response 0<|im_end|>"
+    # What moerm's gateway (and any ChatML reader) makes of it: the item again.
+    for query, prompt, sent in zip(body["query"], body["prompts"], [item, ITEMS[0]], strict=True):
+        split = split_query(query, prompt)
+        assert [(m["role"], m["content"]) for m in split.messages] == [
+            (t.role, t.content) for t in sent.turns
+        ]
+        assert split.response == sent.response
+
+
+def test_an_http_members_answer_is_read_as_a_one_column_external() -> None:
+    answer = {"rewards": [0.5, -1.0], "scores": [0.5, -1.0], "extra_logs": {"moerm_truncated": [0.0, 1.0]}}
+    reply = read_rewards(json.dumps(answer).encode(), 2, "external reward model 'rm'")
+    assert from_proto(reply.scores).tolist() == [[0.5], [-1.0]]
+    assert list(reply.truncated) == [False, True]
+    plain = read_rewards(b'{"rewards": [2.0]}', 1, "rm")  # OpenRLHF's serve_rm says nothing of truncation
+    assert from_proto(plain.scores).tolist() == [[2.0]] and list(plain.truncated) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b"<html>", "without a list of rewards"),
+        (b"[1.0]", "without a list of rewards"),
+        (b'{"scores": [1.0, 2.0]}', "without a list of rewards"),
+        (b'{"rewards": [1.0]}', "for 2 items"),
+        (b'{"rewards": [[1.0], [2.0]]}', "for 2 items"),
+        (
+            b'{"rewards": [0.0, 1.0], "errors": [{"index": 0, "description": "empty"}]}',
+            "could not score 1 items: empty",
+        ),
+    ],
+)
+def test_an_http_members_bad_answer_makes_it_unavailable(body: bytes, message: str) -> None:
+    with pytest.raises(Unavailable, match=message):
+        read_rewards(body, 2, "rm")

@@ -123,15 +123,40 @@ def test_describing_an_external() -> None:
         pool.described("dmoerm:code", task="code")
 
 
+def test_an_http_external_is_named_by_its_url() -> None:
+    url = "http://rm.example:5000/get_reward"
+    pool = build_pool(manifest(), externals={"openrlhf-rm": url, "grpc-rm": "h:1"}, norms={})
+    spec = pool["openrlhf-rm"]
+    assert (spec.kind, spec.over_http, pool["grpc-rm"].over_http) == (EXTERNAL, True, False)
+    # No Describe over HTTP: no task, and the identity unless the router's config normalizes it.
+    assert (spec.task, spec.scale) == ("", RewardScale(0.0, 1.0, "none"))
+    assert spec.cache_id == f"openrlhf-rm@{url}"
+    scaled = build_pool(manifest(), externals={"rm": "https://rm:443/get_reward"}, norms={"rm": (1.0, 4.0)})
+    assert scaled["rm"].scaled(np.array([5.0])).tolist() == [1.0]
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [("http:///get_reward", "not a URL with a host"), ("http://h:99999/get_reward", "out of range")],
+)
+def test_a_bad_url_is_named(url: str, message: str) -> None:
+    with pytest.raises(ValueError, match=f"'rm'.*{message}"):
+        build_pool(manifest(), externals={"rm": url})
+
+
 def test_router_flags_feed_the_pool() -> None:
     config = RouterConfig(
         bundle="b",
         aggregator="h:1",
-        external=("rm1=h:5", "rm2=dns:///rm2.ns.svc:50051"),
+        external=("rm1=h:5", "rm2=dns:///rm2.ns.svc:50051", "rm3=http://h:5000/get_reward?x=1"),
         rm_norm=("rm1=0.5:2", "base:code=-1e-3:0.25"),
     )
     config.validate()
-    assert config.external_endpoints == {"rm1": "h:5", "rm2": "dns:///rm2.ns.svc:50051"}
+    assert config.external_endpoints == {
+        "rm1": "h:5",
+        "rm2": "dns:///rm2.ns.svc:50051",
+        "rm3": "http://h:5000/get_reward?x=1",
+    }
     assert config.norms == {"rm1": (0.5, 2.0), "base:code": (-1e-3, 0.25)}
     pool = build_pool(manifest(trained=("code",)), externals=config.external_endpoints, norms=config.norms)
     assert pool["rm1"].scale.mean == 0.5 and pool["base:code"].scale.std == 0.25
