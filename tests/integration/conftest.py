@@ -8,8 +8,17 @@ from collections.abc import Iterator
 import grpc
 import pytest
 
-from moerm.v1 import reward_pb2_grpc
+from moerm.v1 import reward_pb2, reward_pb2_grpc
 from moerm_local import LocalCluster
+
+
+def score_code(stub, request: reward_pb2.ScoreRequest, timeout: float = 30) -> grpc.StatusCode:
+    """The status a Score call ends with (OK or the error's code)."""
+    try:
+        stub.Score(request, timeout=timeout)
+        return grpc.StatusCode.OK
+    except grpc.RpcError as error:
+        return error.code()
 
 
 def start_cluster(bundle, redis_url: str, **router_overrides) -> LocalCluster:

@@ -25,6 +25,7 @@ from moerm.launcher import wait_serving
 from moerm.v1 import reward_pb2, reward_pb2_grpc
 from moerm_local import LocalCluster
 from router_svc.app import build_router
+from tests.integration.conftest import score_code
 
 pytestmark = pytest.mark.integration
 
@@ -114,11 +115,7 @@ def test_one_replica_killed_under_load(minilm_bundle: Path, redis_url: str, repl
                 policy="fixed",
                 reward_model="dmoerm:code",
             )
-            try:
-                stub.Score(request, timeout=30)
-                return grpc.StatusCode.OK
-            except grpc.RpcError as error:
-                return error.code()
+            return score_code(stub, request)
 
         with grpc.insecure_channel(router.address) as channel, ThreadPoolExecutor(CONCURRENCY) as pool:
             stub = reward_pb2_grpc.RewardServiceStub(channel)

@@ -19,6 +19,7 @@ import pytest
 from moerm.cli import build_parser
 from moerm.launcher import ProcessCluster, wait_http_ok, wait_serving
 from moerm.v1 import reward_pb2, reward_pb2_grpc
+from tests.integration.conftest import score_code
 
 pytestmark = pytest.mark.integration
 
@@ -133,11 +134,7 @@ def test_with_two_replicas_a_killed_one_costs_no_call(minilm_bundle, tmp_path) -
                     policy="fixed",
                     reward_model="dmoerm:writing",
                 )
-                try:
-                    stub.Score(request, timeout=30)
-                    return grpc.StatusCode.OK
-                except grpc.RpcError as error:
-                    return error.code()
+                return score_code(stub, request)
 
             calls = [pool.submit(score, i) for i in range(120)]
             time.sleep(0.5)
