@@ -273,6 +273,12 @@ class RouterMetrics:
             registry=r,
         )
         self.feedback = Counter("moerm_feedback_items", "Feedback items by outcome", ["outcome"], registry=r)
+        self.task_live = Gauge(
+            "moerm_router_task_live",
+            "1 while a task's experts are reachable, 0 while none is (its calls fail fast)",
+            ["task"],
+            registry=r,
+        )
 
 
 @dataclass

@@ -73,10 +73,12 @@ class RouterApp:
 
     async def report_tasks(self) -> None:
         """Each task's health name SERVING while its experts are live, else NOT_SERVING
-        (the router itself stays SERVING: other tasks and ensembles still answer)."""
+        (the router itself stays SERVING: other tasks and ensembles still answer); the
+        same as the gauge ``moerm_router_task_live``."""
         for task in self.router.bundle.manifest.tasks:
             live = self.router.downstream.live(task)
             await self.server.health.set(task_service_name(task), SERVING if live else NOT_SERVING)
+            self.router.metrics.task_live.labels(task).set(1 if live else 0)
 
     async def _watch_tasks(self) -> None:
         while True:

@@ -56,6 +56,9 @@ def test_a_dead_expert_leaves_its_task_only(cluster, stub) -> None:
     )
     assert health(cluster, "") == health_pb2.HealthCheckResponse.SERVING  # the router itself
     assert health(cluster, task_service_name("code")) == health_pb2.HealthCheckResponse.SERVING
+    registry = cluster.router.router.metrics.registry
+    assert registry.get_sample_value("moerm_router_task_live", {"task": "writing"}) == 0
+    assert registry.get_sample_value("moerm_router_task_live", {"task": "code"}) == 1
 
     ensemble = stub.Score(reward_pb2.ScoreRequest(items=items(), policy="mean"), timeout=60)
     for result in ensemble.results:
