@@ -36,7 +36,10 @@ def test_cache_batches_match_lengths_and_are_reused():
 
 def test_training_with_the_cache_equals_training_without(tmp_path):
     """Same layers adapted, same seed: the cached lower layers change nothing
-    beyond float rounding (different batch shapes)."""
+    beyond float rounding (different batch shapes). The head's bias is left out: a
+    pairwise loss cancels it, so its gradient is only rounding noise, which Adam scales
+    up to steps of about lr in either direction (0.0005 apart on one CPU, equal on
+    another); it never changes a comparison."""
     data = comparisons([p for p in synthetic_inputs(16).train if p.task == "code"])
     settings = TrainSettings(epochs=2, lr=1e-3, batch_size=4, max_length=64)
     kwargs = dict(r=4, pooling="mean", layers=TOP)
@@ -52,6 +55,9 @@ def test_training_with_the_cache_equals_training_without(tmp_path):
         assert plain.keys() == cached.keys()
         moved = 0.0
         for key in plain:
+            if key.endswith("bias") and name == "head.safetensors":
+                assert float((cached[key] - plain[key]).abs().max()) <= settings.lr * 2 * len(data)
+                continue
             torch.testing.assert_close(cached[key], plain[key], atol=2e-5, rtol=1e-4)
             moved = max(moved, float(plain[key].abs().max()))
         assert moved > 1e-3  # training changed the weights, so the comparison can fail
