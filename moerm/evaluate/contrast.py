@@ -194,18 +194,28 @@ def _short(cap: str, width: int = 22) -> str:
     return cap if len(cap) <= width else cap[: width - 1] + "…"
 
 
+def _grid_head(title: str, corner: str, names: Sequence[str], first: Sequence) -> list[str]:
+    """A grid's title, header row (``names`` as code) and n (ties) row, from the first
+    row's cells (every row scores the same pairs)."""
+    return [
+        title,
+        "",
+        f"| {corner} | " + " | ".join(f"`{name}`" for name in names) + " |",
+        "|---|" + "---:|" * len(names),
+        "| n (ties) | " + " | ".join(f"{cell.n} ({cell.ties})" for cell in first) + " |",
+    ]
+
+
 def task_markdown(table: TaskContrast) -> list[str]:
     """The K x K table of one task (rows: experts, then base and DMoERM; columns:
     capabilities' edits), an n row, and the diagonal against the rest."""
     columns = table.columns
-    first = table.cells[table.rows[0]]
-    lines = [
+    lines = _grid_head(
         f"### {table.task}",
-        "",
-        "| expert \\ edits of | " + " | ".join(f"`{_short(c)}`" for c in columns) + " |",
-        "|---|" + "---:|" * len(columns),
-        "| n (ties) | " + " | ".join(f"{first[c].n} ({first[c].ties})" for c in columns) + " |",
-    ]
+        "expert \\ edits of",
+        [_short(c) for c in columns],
+        [table.cells[table.rows[0]][c] for c in columns],
+    )
     for row in table.rows:
         cells = []
         for column in columns:
@@ -231,14 +241,12 @@ def task_markdown(table: TaskContrast) -> list[str]:
 
 def family_markdown(table: TaskContrast) -> list[str]:
     families = table.families
-    first = table.by_family[table.rows[0]]
-    lines = [
+    lines = _grid_head(
         f"#### {table.task}: experts x edit families",
-        "",
-        "| expert \\ family | " + " | ".join(f"`{f}`" for f in families) + " |",
-        "|---|" + "---:|" * len(families),
-        "| n (ties) | " + " | ".join(f"{first[f].n} ({first[f].ties})" for f in families) + " |",
-    ]
+        "expert \\ family",
+        families,
+        [table.by_family[table.rows[0]][f] for f in families],
+    )
     for row in table.rows:
         label = f"`{row}`" if row in table.experts else row
         lines.append(f"| {label} | " + " | ".join(table.by_family[row][f].cell() for f in families) + " |")
